@@ -1,0 +1,53 @@
+"""The ``orbitcore`` command.
+
+Each subsystem adds its subcommands through a ``register(subparsers)`` function listed in
+``_COMMAND_MODULES``; ``orbitcore <command> --help`` explains each one.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that define `register(subparsers)`; each adds one or more subcommands.
+_COMMAND_MODULES = [
+    "orbitcore.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orbitcore",
+        description="orbitcore: fast kernels and reconstruction algorithms for multireference "
+                    "alignment and single-particle cryo-EM. Run `orbitcore <command> --help`.",
+    )
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch and orbitcore's kernels (default: torch's default)")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.threads is not None:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(args.threads)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        print(f"orbitcore {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

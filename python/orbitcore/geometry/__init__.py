@@ -1,0 +1,12 @@
+"""Rotations, their representations and SO(3) grids (conventions: ARCHITECTURE.md)."""
+from .rotations import (  # noqa: F401
+    axis_angle_to_matrix,
+    matrix_to_quaternion,
+    matrix_to_relion_euler,
+    matrix_to_s2s2,
+    quaternion_to_matrix,
+    random_rotations,
+    relion_euler_to_matrix,
+    s2s2_to_matrix,
+    viewing_direction,
+)

@@ -1,0 +1,2 @@
+"""Yardsticks: FSC, alignment, orbit-invariant errors, pose errors."""
+from .fsc import FSCResult, fsc  # noqa: F401

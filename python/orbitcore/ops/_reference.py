@@ -1,0 +1,129 @@
+"""Pure-torch reference implementations of the kernels (independent of the compiled code).
+
+Written for clarity, not speed: explicit corner loops, gathers and index_add. Differentiable by
+torch autograd, so the tests also take reference gradients from here. Use float64.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def trilinear_sample(volume: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """volume (D, D, D) complex indexed [z, y, x]; coords (..., 3) as (x, y, z) relative to DC.
+
+    Corners outside the grid contribute 0.
+    """
+    D = volume.shape[-1]
+    c = D // 2
+    g = coords + c  # grid positions
+    f = torch.floor(g.detach())
+    t = g - f
+    f = f.long()
+    flat = volume.reshape(-1)
+    out = torch.zeros(coords.shape[:-1], dtype=volume.dtype, device=volume.device)
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                ix, iy, iz = f[..., 0] + dx, f[..., 1] + dy, f[..., 2] + dz
+                inside = (ix >= 0) & (ix < D) & (iy >= 0) & (iy < D) & (iz >= 0) & (iz < D)
+                w = ((t[..., 0] if dx else 1 - t[..., 0]) * (t[..., 1] if dy else 1 - t[..., 1])
+                     * (t[..., 2] if dz else 1 - t[..., 2]))
+                idx = (iz.clamp(0, D - 1) * D + iy.clamp(0, D - 1)) * D + ix.clamp(0, D - 1)
+                vals = flat[idx.reshape(-1)].reshape(idx.shape)
+                out = out + torch.where(inside, w.to(volume.dtype) * vals, torch.zeros_like(vals))
+    return out
+
+
+def plane_coords(rotations: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, n, n, 3) points R @ (kx, ky, 0) at index [b, iy, ix]."""
+    k = torch.arange(n, dtype=rotations.dtype, device=rotations.device) - n // 2
+    ky, kx = torch.meshgrid(k, k, indexing="ij")
+    q = torch.stack((kx, ky, torch.zeros_like(kx)), dim=-1)  # (n, n, 3)
+    return torch.einsum("bij,yxj->byxi", rotations, q)
+
+
+def disk_mask(n: int, radius: float | None, device=None) -> torch.Tensor:
+    k = torch.arange(n, device=device) - n // 2
+    ky, kx = torch.meshgrid(k, k, indexing="ij")
+    if radius is None:
+        return torch.ones(n, n, dtype=torch.bool, device=device)
+    return (kx * kx + ky * ky) <= radius * radius
+
+
+def hermitian_fill(S: torch.Tensor) -> torch.Tensor:
+    """Replace every point of the negative half whose mirror is in the plane by conj(mirror)."""
+    n = S.shape[-1]
+    k = torch.arange(n, device=S.device) - n // 2
+    ky, kx = torch.meshgrid(k, k, indexing="ij")
+    lo, hi = -(n // 2), (n - 1) // 2
+    mirror_in = (-kx >= lo) & (-kx <= hi) & (-ky >= lo) & (-ky <= hi)
+    negative = (ky < 0) | ((ky == 0) & (kx < 0))
+    skip = mirror_in & negative
+    iy = (-ky + n // 2).clamp(0, n - 1)
+    ix = (-kx + n // 2).clamp(0, n - 1)
+    mirrored = S[..., iy, ix].conj()
+    return torch.where(skip, mirrored, S)
+
+
+def fourier_slice(volume: torch.Tensor, rotations: torch.Tensor, n: int | None = None,
+                  radius: float | None = None, hermitian: bool = False) -> torch.Tensor:
+    """volume (D, D, D) or (B, D, D, D); rotations (B, 3, 3) -> (B, n, n)."""
+    n = volume.shape[-1] if n is None else n
+    P = plane_coords(rotations, n)
+    if volume.dim() == 3:
+        S = trilinear_sample(volume, P)
+    else:
+        S = torch.stack([trilinear_sample(volume[b], P[b]) for b in range(P.shape[0])])
+    if hermitian:
+        S = hermitian_fill(S)
+    return S * disk_mask(n, radius, S.device)
+
+
+def fourier_insert(slices: torch.Tensor, rotations: torch.Tensor, D: int,
+                   weights: torch.Tensor | None = None, radius: float | None = None):
+    """Explicit scatter: the adjoint of fourier_slice (non-Hermitian). Returns volume or (volume, W)."""
+    B, n, _ = slices.shape
+    P = plane_coords(rotations, n).reshape(-1, 3)
+    m = disk_mask(n, radius, slices.device).expand(B, n, n).reshape(-1)
+    s = slices.reshape(-1) * m
+    wts = None if weights is None else weights.reshape(-1) * m
+    c = D // 2
+    g = P + c
+    f = torch.floor(g).long()
+    t = g - f
+    vol = torch.zeros(D * D * D, dtype=slices.dtype, device=slices.device)
+    wvol = torch.zeros(D * D * D, dtype=rotations.dtype, device=slices.device)
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                ix, iy, iz = f[:, 0] + dx, f[:, 1] + dy, f[:, 2] + dz
+                inside = (ix >= 0) & (ix < D) & (iy >= 0) & (iy < D) & (iz >= 0) & (iz < D)
+                w = ((t[:, 0] if dx else 1 - t[:, 0]) * (t[:, 1] if dy else 1 - t[:, 1])
+                     * (t[:, 2] if dz else 1 - t[:, 2]))
+                w = torch.where(inside, w, torch.zeros_like(w))
+                idx = (iz.clamp(0, D - 1) * D + iy.clamp(0, D - 1)) * D + ix.clamp(0, D - 1)
+                vol = vol.index_add(0, idx, w.to(slices.dtype) * s)
+                if wts is not None:
+                    wvol = wvol.index_add(0, idx, w * wts)
+    vol = vol.reshape(D, D, D)
+    if weights is None:
+        return vol
+    return vol, wvol.reshape(D, D, D)
+
+
+def project_real_space(volume: torch.Tensor, R: torch.Tensor, n: int | None = None,
+                       oversample: int = 4) -> torch.Tensor:
+    """image(x, y) = sum_z v(R @ (x, y, z)) by direct real-space line integration.
+
+    volume (D, D, D) real indexed [z, y, x], origin at D // 2; trilinear interpolation of the
+    volume on a z-grid refined ``oversample`` times (the line integral of the interpolant).
+    """
+    D = volume.shape[-1]
+    n = D if n is None else n
+    k = torch.arange(n, dtype=volume.dtype, device=volume.device) - n // 2
+    zs = (torch.arange(D * oversample, dtype=volume.dtype, device=volume.device) - (D * oversample) // 2) / oversample
+    yy, xx = torch.meshgrid(k, k, indexing="ij")
+    pts = torch.stack(torch.broadcast_tensors(xx[None], yy[None], zs[:, None, None]), dim=-1)  # (Z, n, n, 3)
+    p = pts @ R.T
+    vals = trilinear_sample(volume.to(torch.complex128), p).real
+    return vals.sum(0) / oversample

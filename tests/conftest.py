@@ -1,0 +1,32 @@
+import os
+import pathlib
+
+import pytest
+import torch
+
+import orbitcore
+
+SHARED_DATA = pathlib.Path(os.environ.get("ORBITCORE_SHARED_DATA",
+                                          pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU and orbitcore's CUDA kernels "
+                                        f"(cuda_available() is False; built_with_cuda={orbitcore.built_with_cuda()})")
+    for item in items:
+        if "cuda" in item.keywords and not orbitcore.cuda_available():
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture
+def gen():
+    g = torch.Generator().manual_seed(1234)
+    return g
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """../shared/data: real files written by RELION / cryoSPARC / ASPIRE (never copied here)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared test data not found at {SHARED_DATA} (set ORBITCORE_SHARED_DATA)")
+    return SHARED_DATA
