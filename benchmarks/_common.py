@@ -1,0 +1,113 @@
+"""Shared benchmark harness: timing (median of repeats after warm-up), peak-memory probes in
+fresh subprocesses, machine description, JSON output.
+
+Every figure a benchmark reports is a ratio against a baseline measured in the same run, on the
+same threads; absolute times are recorded alongside for context.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import torch
+
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    try:
+        import orbitcore  # noqa: PLC0415
+
+        info["orbitcore"] = orbitcore.__version__
+        info["orbitcore_cuda"] = orbitcore.cuda_available()
+    except ImportError:
+        pass
+    return info
+
+
+def sync(device: str | torch.device = "cpu") -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timeit(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1, device="cpu",
+           min_time: float = 0.0) -> dict:
+    """Median wall time of ``fn()`` over ``repeat`` runs (after ``warmup``)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    t_start = time.perf_counter()
+    while len(times) < repeat or (time.perf_counter() - t_start) < min_time:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 50:
+            break
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times)}
+
+
+def peak_rss_of(code: str, env: dict | None = None) -> int:
+    """Peak resident memory (bytes) of a fresh Python process running ``code``, minus the peak
+    of the same process just after its imports. ``code`` runs after `import torch, orbitcore`."""
+    prog = (
+        "import resource, sys, torch, orbitcore\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"{code}\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print((peak - base) * 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, check=True,
+                         env={**os.environ, **(env or {})})
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--threads", type=int, default=None, help="torch/orbitcore threads (default: all)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (smoke run)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", default=None, help="JSON output path (default benchmarks/results/<name>.json)")
+    return p
+
+
+def setup_threads(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def emit(name: str, results: dict, args) -> pathlib.Path:
+    """Print the JSON document and write it to benchmarks/results/<name>.json (or --out)."""
+    doc = {"benchmark": name, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), **results}
+    text = json.dumps(doc, indent=1)
+    print(text)
+    path = pathlib.Path(args.out) if args.out else RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
