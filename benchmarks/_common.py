@@ -71,15 +71,24 @@ def timeit(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1, device
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times)}
 
 
-def peak_rss_of(code: str, env: dict | None = None) -> int:
-    """Peak resident memory (bytes) of a fresh Python process running ``code``, minus the peak
-    of the same process just after its imports. ``code`` runs after `import torch, orbitcore`."""
+def peak_rss_of(code: str, setup: str = "", env: dict | None = None) -> int:
+    """Peak resident-memory growth (bytes) while a fresh Python process runs ``code``.
+
+    ``setup`` runs first (after `import torch, orbitcore`); then the kernel's high-water mark is
+    reset (``/proc/self/clear_refs``), ``code`` runs, and the returned figure is the new peak
+    minus the resident size just before ``code``. Linux only.
+    """
     prog = (
-        "import resource, sys, torch, orbitcore\n"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "import torch, orbitcore\n"
+        f"{setup}\n"
+        "def _status(key):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(key):\n"
+        "            return int(line.split()[1]) * 1024\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"
+        "base = _status('VmRSS:')\n"
         f"{code}\n"
-        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print((peak - base) * 1024)\n"
+        "print(_status('VmHWM:') - base)\n"
     )
     out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, check=True,
                          env={**os.environ, **(env or {})})
