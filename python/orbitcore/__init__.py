@@ -9,7 +9,7 @@ from . import _ext
 from ._ext import built_with_cuda, cuda_available
 from ._validate import OrbitcoreWarning
 from .ops.slice import fourier_insert, fourier_sample, fourier_slice
-from . import fourier, geometry  # noqa: E402
+from . import fourier, geometry, io, metrics, nn, physics  # noqa: E402
 
 __version__ = getattr(_ext.C, "__version__", "dev")
 
@@ -22,4 +22,8 @@ __all__ = [
     "fourier_sample",
     "fourier_slice",
     "geometry",
+    "io",
+    "metrics",
+    "nn",
+    "physics",
 ]

@@ -1,0 +1,134 @@
+"""Image → pose encoders (CryoAI seeds/003 §3.3 and supp. B; CryoPoseNet seeds/004 §3).
+
+``PoseEncoder``: optional fixed Gaussian low-pass filter bank, a VGG-style stack of
+"DoubleConv" blocks (two 3×3 convolutions with ReLU, then 2×2 max-pooling), and two fully
+connected heads (ReLU, hidden sizes 512 and 256 as in the paper) predicting
+
+* the rotation, as ``s2s2`` (6-D, Gram–Schmidt → matrix; default, fastest to converge in
+  seeds/004), ``quaternion`` (4-D, normalised) or ``euler`` (RELION ZYZ angles, radians);
+* the translation ``t = (tx, ty)`` in pixels (content moved by ``+t``, ARCHITECTURE.md).
+
+The paper's channel widths (64, 128, 256, 1024, 2048 for 128² inputs) are a GPU-scale choice;
+the default here (32, 64, 128, 256) suits CPU runs at n = 64. Both are a constructor argument.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .._validate import check_int, fail
+from ..geometry import quaternion_to_matrix, relion_euler_to_matrix, s2s2_to_matrix
+
+ROTATION_HEADS = {"s2s2": 6, "quaternion": 4, "euler": 3}
+
+
+class GaussianFilterBank(nn.Module):
+    """Fixed (non-trainable) Gaussian low-pass filters: ``(B, 1, n, n) → (B, F, n, n)``.
+
+    Standard deviations (pixels) are spaced geometrically in ``[sigma_min, sigma_max]``; the
+    paper's "5 filters of size 11 with cutoffs between 0.1 and 10" is read as those σ. A filter
+    with σ ≪ 1 is the identity.
+    """
+
+    def __init__(self, n_filters: int = 5, size: int = 11, sigma_min: float = 0.1, sigma_max: float = 10.0):
+        super().__init__()
+        n_filters = check_int("GaussianFilterBank", "n_filters", n_filters, minimum=1)
+        size = check_int("GaussianFilterBank", "size", size, minimum=1)
+        if size % 2 == 0:
+            fail("GaussianFilterBank", f"size must be odd, got {size}")
+        sig = torch.logspace(math.log10(sigma_min), math.log10(sigma_max), n_filters, dtype=torch.float64)
+        r = torch.arange(size, dtype=torch.float64) - size // 2
+        g = torch.exp(-(r[None, :] ** 2) / (2 * sig[:, None] ** 2))
+        g = g / g.sum(-1, keepdim=True)
+        k2 = g[:, :, None] * g[:, None, :]
+        self.register_buffer("weight", k2[:, None].to(torch.float32))
+        self.pad = size // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.pad(x, (self.pad,) * 4, mode="reflect" if x.shape[-1] > self.pad else "replicate")
+        return nn.functional.conv2d(x, self.weight.to(x.dtype))
+
+
+class DoubleConv(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, batch_norm: bool = True):
+        layers = [nn.Conv2d(c_in, c_out, 3, padding=1)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(c_out))
+        layers += [nn.ReLU(inplace=True), nn.Conv2d(c_out, c_out, 3, padding=1)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(c_out))
+        layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        super().__init__(*layers)
+
+
+def _mlp(d_in: int, hidden: tuple[int, ...], d_out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(d_in, h), nn.ReLU(inplace=True)]
+        d_in = h
+    layers.append(nn.Linear(d_in, d_out))
+    return nn.Sequential(*layers)
+
+
+class PoseEncoder(nn.Module):
+    """Images ``(B, n, n)`` (real space) → rotations ``(B, 3, 3)`` and translations ``(B, 2)`` (pixels).
+
+    Args:
+        n: image side.
+        channels: output channels of the DoubleConv blocks (each halves the image side).
+        filters: number of Gaussian low-pass filters (0: none, the raw image is the only channel).
+        rotation: ``"s2s2"``, ``"quaternion"`` or ``"euler"``.
+        hidden: hidden sizes of the two heads.
+        max_shift: translations are ``max_shift · tanh(·)`` pixels (None: unbounded linear output).
+        batch_norm: batch normalisation in the convolution blocks.
+    """
+
+    def __init__(self, n: int, channels: tuple[int, ...] = (32, 64, 128, 256), filters: int = 5,
+                 rotation: str = "s2s2", hidden: tuple[int, ...] = (512, 256), max_shift: float | None = None,
+                 batch_norm: bool = True):
+        super().__init__()
+        fn = "PoseEncoder"
+        self.n = check_int(fn, "n", n, minimum=4)
+        if rotation not in ROTATION_HEADS:
+            fail(fn, f"rotation must be one of {sorted(ROTATION_HEADS)}, got {rotation!r}")
+        if len(channels) < 1 or self.n >> len(channels) < 1:
+            fail(fn, f"channels must have 1..{int(math.log2(self.n))} entries for n = {self.n}, got {len(channels)}")
+        self.rotation = rotation
+        self.max_shift = max_shift
+        self.filters = GaussianFilterBank(filters) if filters > 0 else None
+        c = filters if filters > 0 else 1
+        blocks = []
+        for c_out in channels:
+            blocks.append(DoubleConv(c, c_out, batch_norm))
+            c = c_out
+        self.features = nn.Sequential(*blocks)
+        side = self.n >> len(channels)
+        d = c * side * side
+        self.rotation_head = _mlp(d, tuple(hidden), ROTATION_HEADS[rotation])
+        self.translation_head = _mlp(d, tuple(hidden), 2)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 3 or images.shape[-1] != self.n or images.shape[-2] != self.n:
+            fail("PoseEncoder", f"images must have shape (B, {self.n}, {self.n}), got {tuple(images.shape)}")
+        x = images[:, None]
+        if self.filters is not None:
+            x = self.filters(x)
+        return self.features(x).flatten(1)
+
+    def rotation_from_head(self, h: torch.Tensor) -> torch.Tensor:
+        if self.rotation == "s2s2":
+            return s2s2_to_matrix(h)
+        if self.rotation == "quaternion":
+            return quaternion_to_matrix(h)
+        deg = torch.rad2deg(h)
+        return relion_euler_to_matrix(deg[:, 0], deg[:, 1], deg[:, 2])
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.embed(images)
+        R = self.rotation_from_head(self.rotation_head(f))
+        t = self.translation_head(f)
+        if self.max_shift is not None:
+            t = self.max_shift * torch.tanh(t)
+        return R, t
