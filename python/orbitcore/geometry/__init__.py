@@ -10,3 +10,12 @@ from .rotations import (  # noqa: F401
     s2s2_to_matrix,
     viewing_direction,
 )
+from .so3 import (  # noqa: F401
+    DesignNotFoundError,
+    design_residual,
+    plot_directions,
+    quadrature_exact_degree,
+    shipped_designs,
+    so3_quadrature,
+    spherical_design,
+)
