@@ -6,8 +6,20 @@ import torch
 
 import orbitcore
 
-SHARED_DATA = pathlib.Path(os.environ.get("ORBITCORE_SHARED_DATA",
-                                          pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
+def _find_shared_data() -> pathlib.Path:
+    """``../shared/data`` seen from the repository: the nearest ``shared/data`` above the tests
+    (a checkout at /work/main and a worktree at /work/wt/<name> both find /work/shared/data)."""
+    if os.environ.get("ORBITCORE_SHARED_DATA"):
+        return pathlib.Path(os.environ["ORBITCORE_SHARED_DATA"])
+    here = pathlib.Path(__file__).resolve()
+    for parent in here.parents[1:]:
+        cand = parent / "shared" / "data"
+        if cand.is_dir():
+            return cand
+    return here.parents[2] / "shared" / "data"
+
+
+SHARED_DATA = _find_shared_data()
 
 
 def pytest_collection_modifyitems(config, items):
