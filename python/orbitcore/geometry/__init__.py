@@ -10,3 +10,10 @@ from .rotations import (  # noqa: F401
     s2s2_to_matrix,
     viewing_direction,
 )
+from .distributions import (  # noqa: F401
+    VonMisesFisherMixture,
+    fibonacci_sphere,
+    rotations_from_directions,
+    sample_vmf,
+    vmf_density,
+)
