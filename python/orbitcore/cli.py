@@ -12,6 +12,8 @@ import sys
 # Modules that define `register(subparsers)`; each adds one or more subcommands.
 _COMMAND_MODULES = [
     "orbitcore.demo",
+    "orbitcore.physics._cli",
+    "orbitcore.metrics._cli",
 ]
 
 
