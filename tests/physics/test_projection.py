@@ -116,7 +116,7 @@ def test_gradients(gen):
 
 @pytest.mark.parametrize("use_ctf", [False, True])
 def test_backproject_recovers_the_volume(use_ctf, gen):
-    D, n = 24, 3000
+    D, n = 24, 1500
     vol = gaussian_mixture_volume(D, CENTERS, 1.6, AMPS, dtype=torch.float64)
     R = random_rotations(n, generator=gen, dtype=torch.float64)
     t = 2.0 * torch.randn(n, 2, generator=gen, dtype=torch.float64)

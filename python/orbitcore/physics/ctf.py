@@ -108,18 +108,28 @@ def ctf(freqs, defocus_u, defocus_v, astigmatism_angle, voltage, cs, amplitude_c
 
 
 def _evaluate(sx: torch.Tensor, sy: torch.Tensor, v: dict) -> torch.Tensor:
-    """The CTF formula on frequencies (sx, sy) with parameters ``v`` already broadcastable."""
+    """The CTF formula on frequencies (sx, sy) with parameters ``v`` already broadcastable.
+
+    The astigmatic defocus uses ``cos(2(θ - θ_ast)) = cos 2θ cos 2θ_ast + sin 2θ sin 2θ_ast`` with
+    ``cos 2θ = (sx² - sy²)/s²``, ``sin 2θ = 2 sx sy / s²`` (no per-image trigonometry on the grid;
+    at s = 0 the defocus term vanishes anyway)."""
     s2 = sx * sx + sy * sy
-    theta = torch.atan2(sy, sx)
-    ang = torch.deg2rad(v["astigmatism_angle"])
+    inv = torch.where(s2 > 0, 1.0 / torch.where(s2 > 0, s2, torch.ones_like(s2)), torch.zeros_like(s2))
+    c2t = (sx * sx - sy * sy) * inv
+    s2t = 2.0 * sx * sy * inv
+    ang = 2.0 * torch.deg2rad(v["astigmatism_angle"])
     dfu, dfv = v["defocus_u"], v["defocus_v"]
-    defocus = 0.5 * (dfu + dfv) + 0.5 * (dfu - dfv) * torch.cos(2.0 * (theta - ang))
+    mean, half = 0.5 * (dfu + dfv), 0.5 * (dfu - dfv)
     V = v["voltage"] * 1e3
     lam = 12.2643247 / torch.sqrt(V * (1.0 + 0.978466e-6 * V))
-    cs_a = v["cs"] * 1e7
-    amp = torch.atan(v["amplitude_contrast"] / torch.sqrt(1.0 - v["amplitude_contrast"] ** 2))
-    chi = (-math.pi * lam * defocus * s2 + 0.5 * math.pi * cs_a * lam ** 3 * s2 * s2
-           - torch.deg2rad(v["phase_shift"]) - amp)
+    w = v["amplitude_contrast"]
+    # χ = -π λ Δf s² + (π/2) Cs λ³ s⁴ - φ - atan(w / sqrt(1 - w²)), with Δf split into its parts
+    a1 = -math.pi * lam * mean
+    a2 = -math.pi * lam * half * torch.cos(ang)
+    a3 = -math.pi * lam * half * torch.sin(ang)
+    a4 = 0.5 * math.pi * (v["cs"] * 1e7) * lam ** 3
+    a0 = -torch.deg2rad(v["phase_shift"]) - torch.atan(w / torch.sqrt(1.0 - w * w))
+    chi = s2 * (a1 + a2 * c2t + a3 * s2t + a4 * s2) + a0
     out = -torch.sin(chi)
     b = v["b_factor"]
     if b.requires_grad or bool((b != 0).any()):
@@ -225,6 +235,9 @@ class CTFParams:
         px = px.to(device=device, dtype=dtype).expand(len(self))
         if bool((px <= 0).any()):
             fail(fn, f"pixel_size must be > 0 Å, got {px.min().item():g}")
-        freqs = k[None] / (n * px)[:, None, None, None]  # (B, n, n, 2), per-image pixel size
         v = {name: getattr(self, name).to(device=device, dtype=dtype)[:, None, None] for name in _PARAMS}
+        if len(self) and bool((px == px[0]).all()):
+            freqs = k / (n * px[0])  # one grid for all images
+            return _evaluate(freqs[..., 0], freqs[..., 1], v).expand(len(self), n, n)
+        freqs = k[None] / (n * px)[:, None, None, None]  # (B, n, n, 2), per-image pixel size
         return _evaluate(freqs[..., 0], freqs[..., 1], v)

@@ -114,7 +114,7 @@ def _ctf_arg(fn: str, ctf, B: int, n: int, device, dtype) -> torch.Tensor | None
     if isinstance(ctf, CTFParams):
         if len(ctf) not in (1, B):
             fail(fn, f"ctf must have {B} entries (one per rotation) or 1, got {len(ctf)}")
-        c = ctf.evaluate(n, dtype=torch.float64, device=device).to(dtype)
+        c = ctf.evaluate(n, dtype=dtype, device=device)  # float32 keeps χ to ~1e-5 rad
         return c.expand(B, n, n)
     c, _ = to_tensor(ctf, fn, "ctf")
     if c.is_complex() or c.dim() not in (2, 3) or tuple(c.shape[-2:]) != (n, n) or (c.dim() == 3 and c.shape[0] != B):
