@@ -13,6 +13,18 @@ from . import fourier, geometry  # noqa: E402
 
 __version__ = getattr(_ext.C, "__version__", "dev")
 
+# Subpackages with heavier dependencies (mrcfile, starfile, pandas, scipy) load on first use:
+# `orbitcore.physics`, `orbitcore.io`, `orbitcore.metrics` work without an explicit import.
+_LAZY = ("physics", "io", "metrics")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib  # noqa: PLC0415
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'orbitcore' has no attribute {name!r}")
+
 __all__ = [
     "OrbitcoreWarning",
     "built_with_cuda",
@@ -22,4 +34,7 @@ __all__ = [
     "fourier_sample",
     "fourier_slice",
     "geometry",
+    "io",
+    "metrics",
+    "physics",
 ]

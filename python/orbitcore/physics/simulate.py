@@ -123,7 +123,7 @@ def simulate_particles(volume, n_images: int, *, pixel_size: float = 1.0, snr: f
             20 Å); 0: centred particles.
         ctf: ``True`` (random parameters from the arguments below, see
             :func:`sample_ctf_params`), ``False`` (no CTF) or explicit :class:`CTFParams` with
-            ``N`` entries.
+            ``N`` entries (their pixel size then replaces ``pixel_size``).
         defocus_median, defocus_log_std, astigmatism_std, voltage, cs, amplitude_contrast,
             b_factor, phase_shift: CTF distribution (Å, -, Å, kV, mm, -, Å², degrees).
         pad: padding factor of the projector (2: RELION's default).
