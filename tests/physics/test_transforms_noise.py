@@ -59,7 +59,7 @@ def test_subpixel_shift_of_a_gaussian(gen):
 def test_shift_gradient():
     img = torch.randn(2, 9, 9, dtype=torch.float64)
     t = torch.tensor([[0.3, -0.2], [1.1, 0.4]], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda tt: shift_images(img, tt), (t,))
+    assert torch.autograd.gradcheck(lambda tt: shift_images(img, tt), (t,), fast_mode=True)
 
 
 @pytest.mark.parametrize("n", [8, 9])

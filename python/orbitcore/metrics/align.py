@@ -81,14 +81,34 @@ class AlignmentResult:
         """Apply this alignment to another volume on the same grid (e.g. the other half-map)."""
         return transform_volume(volume, self.rotation, self.shift, self.mirror)
 
-    def map_poses(self, rotations):
-        """Poses ``(N, 3, 3)`` of the unaligned volume → poses in the reference frame
-        (``R · R'`` or ``R · F R' F``)."""
-        Rp, kind = to_tensor(rotations, "AlignmentResult.map_poses", "rotations")
-        Rp64 = Rp.to(torch.float64)
+    def map_poses(self, rotations, shifts=None):
+        """Poses of the unaligned volume → poses in the reference frame.
+
+        Rotations ``(N, 3, 3)``: ``Q_i = R · R'_i`` (``R · F R'_i F`` when mirrored). Shifts
+        ``(N, 2)`` in pixels (default 0): ``s_i - (Q_iᵀ t)_xy``, because the volume was also
+        translated by ``t``. ``project(volume, R', s) ≈ project(reference, Q, s_mapped)``.
+
+        Returns:
+            ``(rotations, shifts)`` in the input's kind.
+        """
+        fn = "AlignmentResult.map_poses"
+        Rp, kind = to_tensor(rotations, fn, "rotations")
+        if Rp.dim() != 3 or tuple(Rp.shape[-2:]) != (3, 3):
+            fail(fn, f"rotations must have shape (N, 3, 3), got {tuple(Rp.shape)}")
+        Rp64 = Rp.detach().to(torch.float64).cpu()
         if self.mirror:
             Rp64 = _F @ Rp64 @ _F
-        return from_tensor((self.rotation @ Rp64).to(Rp.dtype if Rp.is_floating_point() else torch.float64), kind)
+        Q = self.rotation @ Rp64
+        if shifts is None:
+            s0 = torch.zeros(Rp64.shape[0], 2, dtype=torch.float64)
+        else:
+            s0, _ = to_tensor(shifts, fn, "shifts")
+            if tuple(s0.shape) != (Rp64.shape[0], 2):
+                fail(fn, f"shifts must have shape ({Rp64.shape[0]}, 2), got {tuple(s0.shape)}")
+            s0 = s0.detach().to(torch.float64).cpu()
+        s_new = s0 - (Q.transpose(-1, -2) @ self.shift)[:, :2]
+        dt = Rp.dtype if Rp.is_floating_point() else torch.float64
+        return from_tensor(Q.to(dt), kind), from_tensor(s_new.to(dt), kind)
 
 
 def rotation_angle(R1, R2=None):
