@@ -9,11 +9,17 @@ from . import _ext
 from ._ext import built_with_cuda, cuda_available
 from ._validate import OrbitcoreWarning
 from .ops.slice import fourier_insert, fourier_sample, fourier_slice
+from .ops.moments import (
+    MomentAccumulator, MomentLayout, Moments, model_moments, moment_loss, moments_from_stack,
+)
 from . import fourier, geometry  # noqa: E402
 
 __version__ = getattr(_ext.C, "__version__", "dev")
 
 __all__ = [
+    "MomentAccumulator",
+    "MomentLayout",
+    "Moments",
     "OrbitcoreWarning",
     "built_with_cuda",
     "cuda_available",
@@ -22,4 +28,7 @@ __all__ = [
     "fourier_sample",
     "fourier_slice",
     "geometry",
+    "model_moments",
+    "moment_loss",
+    "moments_from_stack",
 ]
