@@ -4,6 +4,8 @@
 
 #include <omp.h>
 
+#include <mutex>
+#include <new>
 #include <stdexcept>
 #include <type_traits>
 #include <vector>
@@ -54,36 +56,89 @@ SimdLevel parse_simd(const std::string& name) {
   return want;
 }
 
+namespace {
+// Threads worth waking for `work` elementary operations: an OpenMP region costs microseconds on
+// an idle machine but can cost a scheduler time slice (milliseconds) when the cores are shared,
+// so small problems run on the calling thread (as at::parallel_for does below its grain size).
+int threads_for(int requested, double work) {
+  const int nt = resolve_threads(requested);
+  return work < double(1 << 20) ? 1 : nt;
+}
+}  // namespace
+
+namespace {
+// Packing workspace of the SYRK, kept between calls (at most 32 MiB; re-touching the same
+// pages avoids page faults on every batch). A call that finds it busy (another thread is
+// accumulating) uses a buffer of its own.
+class Workspace {
+ public:
+  ~Workspace() { release(); }
+  std::mutex mu;
+  void* get(std::size_t bytes) {
+    if (bytes > bytes_) {
+      release();
+      ptr_ = ::operator new(bytes, std::align_val_t(64));
+      bytes_ = bytes;
+    }
+    return ptr_;
+  }
+
+ private:
+  void release() {
+    if (ptr_) ::operator delete(ptr_, std::align_val_t(64));
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+  void* ptr_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+Workspace& shared_workspace() {
+  static Workspace ws;
+  return ws;
+}
+}  // namespace
+
 template <typename T, typename Tacc>
 void moments_accumulate(const T* X, index_t B, index_t L, const std::int64_t* cols, index_t p,
                         Tacc* G, Tacc* s, int num_threads, SimdLevel level) {
   static_assert(sizeof(Tacc) >= sizeof(T), "the accumulator must be at least as wide as the data");
-  const int nt = resolve_threads(num_threads);
-  auto run = [&](auto ff, auto fd, auto dd) {
+  if (B <= 0 || p <= 0) return;
+  const int nt = threads_for(num_threads, double(B) * double(p) * double(p));
+  auto run = [&](auto ws_f, auto ws_d, auto ff, auto fd, auto dd) {
+    const std::size_t bytes = std::is_same<T, float>::value ? ws_f(B, p) : ws_d(B, p);
+    Workspace& shared = shared_workspace();
+    std::unique_lock<std::mutex> lock(shared.mu, std::try_to_lock);
+    void* own = nullptr;
+    void* work = lock.owns_lock() ? shared.get(bytes) : (own = ::operator new(bytes, std::align_val_t(64)));
     if constexpr (std::is_same<T, float>::value && std::is_same<Tacc, float>::value)
-      ff(X, B, L, cols, p, G, s, nt);
+      ff(X, B, L, cols, p, G, s, nt, work);
     else if constexpr (std::is_same<T, float>::value)
-      fd(X, B, L, cols, p, G, s, nt);
+      fd(X, B, L, cols, p, G, s, nt, work);
     else
-      dd(X, B, L, cols, p, G, s, nt);
+      dd(X, B, L, cols, p, G, s, nt, work);
+    if (own) ::operator delete(own, std::align_val_t(64));
   };
 #if defined(ORBITCORE_X86_SIMD)
   if (level == SimdLevel::avx512) {
-    run(simd_avx512::accumulate_ff, simd_avx512::accumulate_fd, simd_avx512::accumulate_dd);
+    run(simd_avx512::workspace_bytes_f, simd_avx512::workspace_bytes_d, simd_avx512::accumulate_ff,
+        simd_avx512::accumulate_fd, simd_avx512::accumulate_dd);
     return;
   }
   if (level == SimdLevel::avx2) {
-    run(simd_avx2::accumulate_ff, simd_avx2::accumulate_fd, simd_avx2::accumulate_dd);
+    run(simd_avx2::workspace_bytes_f, simd_avx2::workspace_bytes_d, simd_avx2::accumulate_ff,
+        simd_avx2::accumulate_fd, simd_avx2::accumulate_dd);
     return;
   }
 #endif
-  run(simd_generic::accumulate_ff, simd_generic::accumulate_fd, simd_generic::accumulate_dd);
+  run(simd_generic::workspace_bytes_f, simd_generic::workspace_bytes_d, simd_generic::accumulate_ff,
+      simd_generic::accumulate_fd, simd_generic::accumulate_dd);
 }
 
 template <typename T>
 void moments_finalize(T* G, const T* s, index_t p, const std::int32_t* slots, const T* phase,
                       index_t m, double count, double noise, T* M1, T* M2, int num_threads) {
-  const int nt = resolve_threads(num_threads);
+  const int nt = threads_for(num_threads, 16.0 * double(m) * double(m));
   {  // mirror the lower triangle of G (square tiles)
     constexpr index_t TB = 32;
     const index_t nb = (p + TB - 1) / TB;
@@ -120,7 +175,7 @@ void moments_finalize(T* G, const T* s, index_t p, const std::int32_t* slots, co
 template <typename T>
 void moments_real_target(const T* A, index_t m, const std::int64_t* idx, const T* coef, index_t p, T* out,
                          int num_threads) {
-  const int nt = resolve_threads(num_threads);
+  const int nt = threads_for(num_threads, 16.0 * double(p) * double(p));
   // B row by row: v_r = row r of U^* A (two contiguous rows of A), then B[r, :] = Re(v_r U)...
 #pragma omp parallel num_threads(nt)
   {

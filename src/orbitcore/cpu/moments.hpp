@@ -26,7 +26,7 @@ SimdLevel parse_simd(const std::string& name);
 //   s[i]         += sum_b y_b[i]
 // T is the compute precision (float or double); Tacc the accumulator precision (float or
 // double, Tacc at least as wide as T). With T = float and Tacc = double the products of each
-// block of at most 256 samples are summed in float registers and each block's sum is added
+// block of at most 384 samples are summed in float registers and each block's sum is added
 // in double, so the accumulation error does not grow with the number of blocks.
 template <typename T, typename Tacc>
 void moments_accumulate(const T* X, index_t B, index_t L, const std::int64_t* cols, index_t p,

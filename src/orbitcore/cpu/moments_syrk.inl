@@ -8,13 +8,14 @@
 // the register geometry: VL (lanes per vector), MV (vectors per tile row block), NR (columns
 // broadcast per step). Tiles are W = VL * MV rows by NR columns.
 //
-// Scheme (Goto-style, specialised to a symmetric product of one gathered operand):
-//   for each block of KC samples:
+// Scheme (Goto-style, specialised to a symmetric product of one gathered operand), by rounds
+// of as many KC-sample chunks as fit the caller's workspace (two barriers per round):
 //     pack      y_b (gathered through `cols`) twice, in parallel over samples: row tiles
-//               apack[tile][b][W] and column micro-panels bpack[panel][b][NR] (both zero-padded);
-//               column sums into s from the packed rows;
+//               apack[chunk][tile][b][W] and column micro-panels bpack[chunk][panel][b][NR]
+//               (both zero-padded); column sums into s from the packed rows;
 //     compute   in parallel over row blocks of MC tiles (dynamic: blocks near the top of the
-//               triangle have more work): for each NR-column micro-panel at or right of the
+//               triangle have more work; a block owns its rows of G across all chunks): per
+//               chunk, for each NR-column micro-panel at or right of the
 //               block's first row (it stays in L1), for each W-row tile of the block that
 //               reaches the triangle (streamed from L2, prefetched), the micro-kernel keeps a
 //               W x NR tile in registers over the KC samples (moments::rank1_tile: one vector
@@ -29,7 +30,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <new>
 
 #include "../moments.hpp"
 
@@ -121,87 +121,129 @@ ORBITCORE_FORCEINLINE void micro_kernel(const T* __restrict A, const T* __restri
   }
 }
 
+// Packing geometry: one chunk = KC samples of every column in both layouts; a round packs as
+// many chunks as fit kPackBudget (at least one), so one pass over a round needs two barriers
+// (after the pack, after the compute) whatever the number of chunks in it.
+constexpr std::size_t kPackBudget = std::size_t(32) << 20;
+
+template <typename T, int VL, int MV, int NR>
+struct Geometry {
+  static constexpr index_t W = VL * MV;
+  index_t ntiles, npanels, a_chunk, b_chunk, chunks_per_round;
+  Geometry(index_t B, index_t p) {
+    ntiles = (p + W - 1) / W;
+    npanels = (p + NR - 1) / NR;
+    a_chunk = KC * ntiles * W;
+    b_chunk = KC * npanels * NR;
+    const index_t per_chunk = static_cast<index_t>(sizeof(T)) * (a_chunk + b_chunk);
+    const index_t need = (B + KC - 1) / KC;
+    index_t fit = static_cast<index_t>(kPackBudget) / (per_chunk > 0 ? per_chunk : 1);
+    if (fit < 1) fit = 1;
+    chunks_per_round = need < fit ? (need > 0 ? need : 1) : fit;
+  }
+  std::size_t bytes() const {
+    return sizeof(T) * static_cast<std::size_t>(chunks_per_round * (a_chunk + b_chunk));
+  }
+};
+
 template <typename T, typename Tacc, int VL, int MV, int NR>
 void accumulate(const T* X, index_t B, index_t L, const std::int64_t* cols, index_t p, Tacc* G,
-                Tacc* s, int nt) {
+                Tacc* s, int nt, void* work) {
   constexpr index_t W = VL * MV;
   if (B <= 0 || p <= 0) return;
-  const index_t ntiles = (p + W - 1) / W;     // row tiles (W wide)
-  const index_t npanels = (p + NR - 1) / NR;  // column micro-panels (NR wide)
+  const Geometry<T, VL, MV, NR> geo(B, p);
+  const index_t ntiles = geo.ntiles, npanels = geo.npanels;
   const index_t nblocks = (ntiles + MC - 1) / MC;
-  const std::size_t a_elems = static_cast<std::size_t>(KC * ntiles * W);
-  const std::size_t b_elems = static_cast<std::size_t>(KC * npanels * NR);
-  T* apack = static_cast<T*>(::operator new(sizeof(T) * (a_elems + b_elems), std::align_val_t(64)));
-  T* bpack = apack + a_elems;
+  T* apack = static_cast<T*>(work);  // [chunk][tile][r][W]
+  T* bpack = apack + geo.chunks_per_round * geo.a_chunk;  // [chunk][panel][r][NR]
+  const index_t round = geo.chunks_per_round * KC;
   if (nt < 1) nt = 1;
 
+  for (index_t s0 = 0; s0 < B; s0 += round) {
+    const index_t sB = imin(round, B - s0);
+    const index_t nch = (sB + KC - 1) / KC;
 #pragma omp parallel num_threads(nt)
-  {
-    for (index_t b0 = 0; b0 < B; b0 += KC) {
-      const index_t kc = imin(KC, B - b0);
+    {
       // Pack both layouts, sample rows in parallel (each sample row of X is read once):
-      //   apack[tile][r][W]  (rows of the register tile, streamed from L2),
-      //   bpack[panel][r][NR] (broadcast columns, L1-resident while a row block runs).
+      //   apack: rows of the register tile, streamed from L2;
+      //   bpack: broadcast columns, L1-resident while a row block runs.
 #pragma omp for schedule(static)
-      for (index_t r = 0; r < kc; ++r) {
-        const T* x = X + (b0 + r) * L;
+      for (index_t rs = 0; rs < sB; ++rs) {
+        const index_t c = rs / KC, r = rs % KC;
+        const T* x = X + (s0 + rs) * L;
+        T* ac = apack + c * geo.a_chunk;
+        T* bc = bpack + c * geo.b_chunk;
         for (index_t t = 0; t < ntiles; ++t) {
-          T* dst = apack + (t * KC + r) * W;
+          T* dst = ac + (t * KC + r) * W;
           const index_t c0 = t * W;
           for (index_t l = 0; l < W; ++l) dst[l] = c0 + l < p ? x[cols[c0 + l]] : T(0);
         }
         for (index_t q = 0; q < npanels; ++q) {
-          T* dst = bpack + (q * KC + r) * NR;
+          T* dst = bc + (q * KC + r) * NR;
           const index_t c0 = q * NR;
           for (index_t l = 0; l < NR; ++l) dst[l] = c0 + l < p ? x[cols[c0 + l]] : T(0);
         }
       }
-      // (implicit barrier) Column sums, one tile per thread, in sample order.
+      // (implicit barrier) Column sums, one tile per thread; each chunk summed in T, chunks
+      // added in Tacc, in sample order.
 #pragma omp for schedule(static) nowait
       for (index_t t = 0; t < ntiles; ++t) {
-        const T* src = apack + t * KC * W;
         Tacc part[W];
         for (index_t l = 0; l < W; ++l) part[l] = Tacc(0);
-        for (index_t r = 0; r < kc; ++r)
-          for (index_t l = 0; l < W; ++l) part[l] += static_cast<Tacc>(src[r * W + l]);
+        for (index_t c = 0; c < nch; ++c) {
+          const index_t kc = imin(KC, sB - c * KC);
+          const T* src = apack + c * geo.a_chunk + t * KC * W;
+          T chunk[W];
+          for (index_t l = 0; l < W; ++l) chunk[l] = T(0);
+          for (index_t r = 0; r < kc; ++r)
+            for (index_t l = 0; l < W; ++l) chunk[l] += src[r * W + l];
+          for (index_t l = 0; l < W; ++l) part[l] += static_cast<Tacc>(chunk[l]);
+        }
         for (index_t l = 0; l < W && t * W + l < p; ++l) s[t * W + l] += part[l];
       }
-      // The triangle: row blocks of MC tiles, dynamically scheduled; inside a block, each
+      // The triangle: row blocks of MC tiles, dynamically scheduled; a block owns its rows of
+      // G, so it runs every chunk of the round without further synchronisation. Inside, each
       // column micro-panel at or right of the block's first row is swept over the block's
       // tiles (that reach the triangle) while it sits in L1.
 #pragma omp for schedule(dynamic, 1)
       for (index_t blk = 0; blk < nblocks; ++blk) {
         const index_t t0 = blk * MC, t1 = imin(ntiles, t0 + MC);
         const index_t I0 = t0 * W;
-        for (index_t q = I0 / NR; q < npanels; ++q) {
-          const index_t J = q * NR;
-          const T* Bp = bpack + q * KC * NR;
-          for (index_t t = t0; t < t1; ++t) {
-            const index_t I = t * W;
-            if (J + NR - 1 < I) break;  // tile entirely above the diagonal (later tiles too)
-            micro_kernel<T, Tacc, VL, MV, NR>(apack + t * KC * W, Bp, kc, G, p, I, J, p);
+        for (index_t c = 0; c < nch; ++c) {
+          const index_t kc = imin(KC, sB - c * KC);
+          const T* ac = apack + c * geo.a_chunk;
+          const T* bc = bpack + c * geo.b_chunk;
+          for (index_t q = I0 / NR; q < npanels; ++q) {
+            const index_t J = q * NR;
+            const T* Bp = bc + q * KC * NR;
+            for (index_t t = t0; t < t1; ++t) {
+              const index_t I = t * W;
+              if (J + NR - 1 < I) break;  // tile entirely above the diagonal (later tiles too)
+              micro_kernel<T, Tacc, VL, MV, NR>(ac + t * KC * W, Bp, kc, G, p, I, J, p);
+            }
           }
         }
       }
-      // (implicit barrier before the next block overwrites the packs)
-    }
+    }  // (end of the region: the next round may overwrite the packs)
   }
-  ::operator delete(apack, std::align_val_t(64));
 }
 
 }  // namespace
 
+std::size_t workspace_bytes_f(index_t B, index_t p) { return Geometry<float, VL_F, MV_F, NR_F>(B, p).bytes(); }
+std::size_t workspace_bytes_d(index_t B, index_t p) { return Geometry<double, VL_D, MV_D, NR_D>(B, p).bytes(); }
+
 void accumulate_ff(const float* X, index_t B, index_t L, const std::int64_t* cols, index_t p,
-                   float* G, float* s, int nt) {
-  accumulate<float, float, VL_F, MV_F, NR_F>(X, B, L, cols, p, G, s, nt);
+                   float* G, float* s, int nt, void* work) {
+  accumulate<float, float, VL_F, MV_F, NR_F>(X, B, L, cols, p, G, s, nt, work);
 }
 void accumulate_fd(const float* X, index_t B, index_t L, const std::int64_t* cols, index_t p,
-                   double* G, double* s, int nt) {
-  accumulate<float, double, VL_F, MV_F, NR_F>(X, B, L, cols, p, G, s, nt);
+                   double* G, double* s, int nt, void* work) {
+  accumulate<float, double, VL_F, MV_F, NR_F>(X, B, L, cols, p, G, s, nt, work);
 }
 void accumulate_dd(const double* X, index_t B, index_t L, const std::int64_t* cols, index_t p,
-                   double* G, double* s, int nt) {
-  accumulate<double, double, VL_D, MV_D, NR_D>(X, B, L, cols, p, G, s, nt);
+                   double* G, double* s, int nt, void* work) {
+  accumulate<double, double, VL_D, MV_D, NR_D>(X, B, L, cols, p, G, s, nt, work);
 }
 
 }  // namespace ORBITCORE_SIMD_NS
