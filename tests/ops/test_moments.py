@@ -307,11 +307,11 @@ def test_moments_from_stack_bad_sources(tmp_path):
     with pytest.raises(ValueError, match="expected an .mrcs/.mrc stack or a .star file"):
         oc.moments_from_stack(tmp_path / "x.txt")
     starfile.write({"particles": pd.DataFrame({"rlnImageName": ["1@nope.mrcs"]})}, tmp_path / "p.star")
-    with pytest.raises(FileNotFoundError, match="image stack 'nope.mrcs' not found"):
+    with pytest.raises(FileNotFoundError, match="image file.*not found: nope.mrcs"):
         oc.moments_from_stack(tmp_path / "p.star")
     write_mrc(tmp_path / "a.mrcs", torch.zeros(3, 4, 4))
     starfile.write({"particles": pd.DataFrame({"rlnImageName": ["5@a.mrcs"]})}, tmp_path / "q.star")
-    with pytest.raises(IndexError, match="a.mrcs has 3 images, rlnImageName asks for image 5"):
+    with pytest.raises(IndexError, match="points at image 5, but .*a.mrcs holds 3 image"):
         oc.moments_from_stack(tmp_path / "q.star", verbose=False)
     with pytest.raises(ValueError, match="the source yielded no observations"):
         oc.moments_from_stack(iter([]), verbose=False)

@@ -503,49 +503,13 @@ def _as_image(item):
 
 
 def _star_batches(path: pathlib.Path, batch_size: int, fn: str):
-    """(total, iterator of batches) over the images named by a STAR file's rlnImageName."""
-    import mrcfile  # noqa: PLC0415
-    import starfile  # noqa: PLC0415
+    """(total, iterator of batches) over the images named by a STAR file's rlnImageName, through
+    orbitcore.io.ParticleStack (matched by name, never by row order; clear errors for missing
+    stacks or out-of-range indices)."""
+    from ..io import ParticleStack  # noqa: PLC0415
 
-    data = starfile.read(path, always_dict=True)
-    table = None
-    for name in ("particles", "images", ""):
-        if name in data and "rlnImageName" in getattr(data[name], "columns", ()):
-            table = data[name]
-            break
-    if table is None:
-        for block in data.values():
-            if "rlnImageName" in getattr(block, "columns", ()):
-                table = block
-                break
-    if table is None:
-        fail(fn, f"{path}: no data block with an rlnImageName column")
-    refs: dict[pathlib.Path, list[int]] = {}
-    for entry in table["rlnImageName"].astype(str):
-        idx, sep, name = entry.partition("@")
-        if not sep:
-            fail(fn, f"{path}: rlnImageName {entry!r} is not of the form index@file")
-        stack = pathlib.Path(name)
-        cands = [stack] if stack.is_absolute() else [path.parent / stack, pathlib.Path.cwd() / stack]
-        found = next((c for c in cands if c.is_file()), None)
-        if found is None:
-            fail(fn, f"{path}: image stack {name!r} not found (looked in {', '.join(str(c.parent) for c in cands)})",
-                 FileNotFoundError)
-        refs.setdefault(found, []).append(int(idx) - 1)
-    total = sum(len(v) for v in refs.values())
-
-    def gen():
-        for stack, idx in refs.items():
-            with mrcfile.mmap(stack, mode="r", permissive=True) as mrc:
-                arr = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
-                bad = [i for i in idx if i < 0 or i >= arr.shape[0]]
-                if bad:
-                    fail(fn, f"{path}: {stack.name} has {arr.shape[0]} images, rlnImageName asks for image {bad[0] + 1}",
-                         IndexError)
-                for s in range(0, len(idx), batch_size):
-                    yield np.asarray(arr[np.asarray(idx[s:s + batch_size])], dtype=np.float32)
-
-    return total, gen()
+    stack = ParticleStack(path)
+    return len(stack), (images for _, images in stack.batches(batch_size))
 
 
 def _mrc_batches(path: pathlib.Path, batch_size: int):
