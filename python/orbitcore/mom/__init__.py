@@ -1,0 +1,5 @@
+"""Method of moments with neural-network priors (seeds/000).
+
+``orbitcore.mom.cryoem``: cryo-EM — data moments of (cropped) particle images, FourierNet or voxel
+volume, density encoder ξ^ρ on an SO(3) quadrature, fitting of eq. 28, evaluation, outputs.
+"""
