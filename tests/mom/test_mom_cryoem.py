@@ -320,3 +320,42 @@ def test_input_validation():
         MomentEncoder(oc.MomentLayout(9, 2, 4), 10, window=4)
     with pytest.raises(ValueError, match="FourierNetVolume.*query"):
         FourierNetVolume(9, 16, query="nearest")
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+def test_cli_mom_cryoem_simulate_and_resume(tmp_path, capsys):
+    from orbitcore import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["mom-cryoem", "--help"])
+    assert e.value.code == 0
+    assert "--particles" in capsys.readouterr().out
+    out = tmp_path / "run"
+    args = ["mom-cryoem", "--simulate", "gaussians", "--volume-size", "11", "--n-images", "300", "--vmf", "4",
+            "--model", "voxel", "--steps", "4", "--n-directions", "12", "--n-inplane", "4", "--out", str(out),
+            "--quiet"]
+    assert cli.main(args) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps_done"] == 4 and s["data"]["count"] == 300 and "resolution_05_A" in s["evaluation"]
+    for f in ("volume.mrc", "density.npz", "directions.png", "loss.png", "fsc.png", "moments.pt", "checkpoint.pt"):
+        assert (out / f).is_file(), f
+    # rerun with more steps: another configuration -> clear error; --restart starts over
+    more = list(args)
+    more[more.index("--steps") + 1] = "6"
+    assert cli.main(more) == 1
+    assert "another configuration" in capsys.readouterr().err
+    assert cli.main(more + ["--restart"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps_done"] == 6
+    # particles from an MRCS stack
+    stack = tmp_path / "p.mrcs"
+    oc.io.write_mrc(stack, np.random.default_rng(0).normal(size=(20, 13, 13)).astype(np.float32), voxel_size=2.0)
+    assert cli.main(["mom-cryoem", "--particles", str(stack), "--size", "9", "--model", "voxel", "--steps", "2",
+                     "--n-directions", "12", "--n-inplane", "4", "--out", str(tmp_path / "r2"), "--quiet",
+                     "--no-plots"]) == 0
+    s = json.loads((tmp_path / "r2" / "summary.json").read_text())
+    assert s["data"]["pixel_size_A"] == pytest.approx(2.0 * 13 / 9)
+    assert cli.main(["mom-cryoem", "--particles", str(tmp_path / "nope.star"), "--out", str(tmp_path / "r3"),
+                     "--quiet"]) == 1
+    assert "no such file" in capsys.readouterr().err
