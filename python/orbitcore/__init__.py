@@ -9,12 +9,13 @@ from . import _ext
 from ._ext import built_with_cuda, cuda_available
 from ._validate import OrbitcoreWarning
 from .ops.slice import fourier_insert, fourier_sample, fourier_slice
-from . import fourier, geometry  # noqa: E402
+from . import basis, fourier, geometry  # noqa: E402
 
 __version__ = getattr(_ext.C, "__version__", "dev")
 
 __all__ = [
     "OrbitcoreWarning",
+    "basis",
     "built_with_cuda",
     "cuda_available",
     "fourier",

@@ -16,7 +16,8 @@
 // described by its pixel offsets pix[0..7] (in the flattened image), an 8 x 8 row-major matrix
 // Q (only the leading s x s block is used; it is orthogonal) and the destinations feat[0..7] of
 // its s symmetry-adapted features. fold computes features = Q * pixels, unfold its transpose
-// pixels = Q^T * features; the two are exact adjoints.
+// pixels = Q^T * features; the two are exact adjoints. Both take a small batch of images with
+// explicit strides (see fold_orbit_rows).
 #pragma once
 
 #include "common.hpp"
@@ -81,64 +82,93 @@ ORBITCORE_HD ORBITCORE_FORCEINLINE void angular(int N, double x, double y, doubl
   s = sin(N * phi);
 }
 
-// Features of one orbit of S pixels (S a compile-time constant, so the S x S product unrolls):
-// y[feat[i]] = sum_{j < S} Q[i][j] img[pix[j]] for i < S.
-template <int S, typename T>
-ORBITCORE_HD ORBITCORE_FORCEINLINE void fold_orbit_n(const T* img, const int* pix, const T* Q, T* y,
-                                                      const int* feat) {
-  T v[S];
+// Features of one orbit of S pixels (S a compile-time constant, so the S x S product unrolls),
+// for a tile of ROWS images. Pixel j of image r is read at img[r * rs + pix[j] * ps] and feature i
+// written to y[r * ys + feat[i] * fs]: with ROWS = 1 and (rs, ps) = (npix, 1) these are row-major
+// images (the CUDA driver, one image per thread); the CPU driver passes a pixel-major tile of
+// ROWS images ((rs, ps) = (1, ROWS)) so the products vectorise over the images. All ROWS rows are
+// read (a tile is padded); only the first nb are written.
+//   y[r][feat[i]] = sum_{j < S} Q[i][j] img[r][pix[j]],  i < S.
+template <int S, int ROWS, typename T>
+ORBITCORE_HD ORBITCORE_FORCEINLINE void fold_orbit_rows(const T* __restrict__ img, index_t rs, index_t ps,
+                                                         int nb, const int* __restrict__ pix,
+                                                         const T* __restrict__ Q, T* __restrict__ y,
+                                                         index_t ys, index_t fs, const int* __restrict__ feat) {
+  T acc[S][ROWS];
   ORBITCORE_UNROLL
-  for (int j = 0; j < S; ++j) v[j] = img[pix[j]];
-  ORBITCORE_UNROLL
-  for (int i = 0; i < S; ++i) {
-    T acc = T(0);
-    ORBITCORE_UNROLL
-    for (int j = 0; j < S; ++j) acc += Q[i * kOrbit + j] * v[j];
-    y[feat[i]] = acc;
-  }
-}
-
-// Pixels of one orbit from its features: img[pix[j]] = sum_{i < S} Q[i][j] y[feat[i]].
-template <int S, typename T>
-ORBITCORE_HD ORBITCORE_FORCEINLINE void unfold_orbit_n(const T* y, const int* feat, const T* Q, T* img,
-                                                        const int* pix) {
-  T v[S];
-  ORBITCORE_UNROLL
-  for (int i = 0; i < S; ++i) v[i] = y[feat[i]];
+  for (int i = 0; i < S; ++i)
+    for (int r = 0; r < ROWS; ++r) acc[i][r] = T(0);
   ORBITCORE_UNROLL
   for (int j = 0; j < S; ++j) {
-    T acc = T(0);
+    const T* src = img + pix[j] * ps;
     ORBITCORE_UNROLL
-    for (int i = 0; i < S; ++i) acc += Q[i * kOrbit + j] * v[i];
-    img[pix[j]] = acc;
+    for (int i = 0; i < S; ++i) {
+      const T q = Q[i * kOrbit + j];
+      for (int r = 0; r < ROWS; ++r) acc[i][r] += q * src[r * rs];
+    }
+  }
+  ORBITCORE_UNROLL
+  for (int i = 0; i < S; ++i) {
+    T* dst = y + feat[i] * fs;
+    for (int r = 0; r < nb; ++r) dst[r * ys] = acc[i][r];
   }
 }
 
-// Dispatch on the orbit size (8: generic position, 4: on an axis or a diagonal, 1: the centre).
-template <typename T>
-ORBITCORE_HD ORBITCORE_FORCEINLINE void fold_orbit(const T* img, const int* pix, const T* Q, int s, T* y,
-                                                    const int* feat) {
-  if (s == 8)
-    fold_orbit_n<8>(img, pix, Q, y, feat);
-  else if (s == 4)
-    fold_orbit_n<4>(img, pix, Q, y, feat);
-  else if (s == 2)
-    fold_orbit_n<2>(img, pix, Q, y, feat);
-  else if (s == 1)
-    fold_orbit_n<1>(img, pix, Q, y, feat);
+// The transpose: img[r][pix[j]] = sum_{i < S} Q[i][j] y[r][feat[i]] (same addressing and tiles).
+// (Loop orders in both functions keep the innermost unrolled loop on Q at stride kOrbit, which
+// compilers turn into broadcasts; a unit-stride Q loop gets vectorised across Q instead, ~10x slower.)
+template <int S, int ROWS, typename T>
+ORBITCORE_HD ORBITCORE_FORCEINLINE void unfold_orbit_rows(const T* __restrict__ y, index_t ys, index_t fs,
+                                                           int nb, const int* __restrict__ feat,
+                                                           const T* __restrict__ Q, T* __restrict__ img,
+                                                           index_t rs, index_t ps, const int* __restrict__ pix) {
+  T v[S][ROWS];
+  ORBITCORE_UNROLL
+  for (int i = 0; i < S; ++i) {
+    const T* src = y + feat[i] * fs;
+    for (int r = 0; r < ROWS; ++r) v[i][r] = src[r * ys];
+  }
+  ORBITCORE_UNROLL
+  for (int j = 0; j < S; ++j) {
+    T acc[ROWS];
+    for (int r = 0; r < ROWS; ++r) acc[r] = T(0);
+    ORBITCORE_UNROLL
+    for (int i = 0; i < S; ++i) {
+      const T q = Q[i * kOrbit + j];
+      for (int r = 0; r < ROWS; ++r) acc[r] += q * v[i][r];
+    }
+    T* dst = img + pix[j] * ps;
+    for (int r = 0; r < nb; ++r) dst[r * rs] = acc[r];
+  }
 }
 
-template <typename T>
-ORBITCORE_HD ORBITCORE_FORCEINLINE void unfold_orbit(const T* y, const int* feat, const T* Q, int s, T* img,
+// Dispatch on the orbit size (8: generic position, 4: on an axis or a diagonal, 2, 1: the centre).
+template <int ROWS, typename T>
+ORBITCORE_HD ORBITCORE_FORCEINLINE void fold_orbit(const T* img, index_t rs, index_t ps, int nb, const int* pix,
+                                                    const T* Q, int s, T* y, index_t ys, index_t fs,
+                                                    const int* feat) {
+  if (s == 8)
+    fold_orbit_rows<8, ROWS>(img, rs, ps, nb, pix, Q, y, ys, fs, feat);
+  else if (s == 4)
+    fold_orbit_rows<4, ROWS>(img, rs, ps, nb, pix, Q, y, ys, fs, feat);
+  else if (s == 2)
+    fold_orbit_rows<2, ROWS>(img, rs, ps, nb, pix, Q, y, ys, fs, feat);
+  else if (s == 1)
+    fold_orbit_rows<1, ROWS>(img, rs, ps, nb, pix, Q, y, ys, fs, feat);
+}
+
+template <int ROWS, typename T>
+ORBITCORE_HD ORBITCORE_FORCEINLINE void unfold_orbit(const T* y, index_t ys, index_t fs, int nb, const int* feat,
+                                                      const T* Q, int s, T* img, index_t rs, index_t ps,
                                                       const int* pix) {
   if (s == 8)
-    unfold_orbit_n<8>(y, feat, Q, img, pix);
+    unfold_orbit_rows<8, ROWS>(y, ys, fs, nb, feat, Q, img, rs, ps, pix);
   else if (s == 4)
-    unfold_orbit_n<4>(y, feat, Q, img, pix);
+    unfold_orbit_rows<4, ROWS>(y, ys, fs, nb, feat, Q, img, rs, ps, pix);
   else if (s == 2)
-    unfold_orbit_n<2>(y, feat, Q, img, pix);
+    unfold_orbit_rows<2, ROWS>(y, ys, fs, nb, feat, Q, img, rs, ps, pix);
   else if (s == 1)
-    unfold_orbit_n<1>(y, feat, Q, img, pix);
+    unfold_orbit_rows<1, ROWS>(y, ys, fs, nb, feat, Q, img, rs, ps, pix);
 }
 
 }  // namespace pswf

@@ -113,11 +113,11 @@ def test_eval_points_not_differentiable_in_points(b11):
 # ------------------------------------------------------------------------------------------------
 def test_fold_unfold_gradcheck_and_opcheck(b11, gen):
     t = tables(b11)
-    x = torch.randn(3, 121, generator=gen, dtype=torch.float64, requires_grad=True)
-    y = torch.randn(3, b11.F, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 121, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(1, b11.F, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: ops.fold(x, t, b11.F), (x,))
     assert torch.autograd.gradcheck(lambda y: ops.unfold(y, t, 121), (y,))
-    assert torch.autograd.gradgradcheck(lambda x: ops.fold(x, t, b11.F), (x,))
+    assert torch.autograd.gradgradcheck(lambda x: ops.fold(x, t, b11.F), (x,), fast_mode=True)
     torch.library.opcheck(torch.ops.orbitcore.pswf_fold.default, (x, t["pix"], t["Q"], t["size"], t["feat"], b11.F))
     torch.library.opcheck(torch.ops.orbitcore.pswf_unfold.default, (y, t["pix"], t["Q"], t["size"], t["feat"], 121))
 

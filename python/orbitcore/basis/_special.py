@@ -15,8 +15,21 @@ import torch
 from scipy.optimize import brentq
 from scipy.special import spherical_jn
 
-__all__ = ["gauss_legendre", "spherical_bessel_zeros", "spherical_harmonics", "sh_index",
+__all__ = ["single_thread", "gauss_legendre", "spherical_bessel_zeros", "spherical_harmonics", "sh_index",
            "zernike_recurrence", "prolate_operator"]
+
+
+class single_thread:
+    """Run a block with one torch thread (plan-time linear algebra): the factorisations here are
+    small (<= ~1000^2) and multi-threaded LAPACK on a shared, loaded machine can be 20x slower
+    than one thread. Restores the previous setting on exit."""
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.n)
 
 
 @functools.lru_cache(maxsize=64)

@@ -95,6 +95,11 @@ class Projector:
                 y = Yeq[sh_index(ell, N)].real
                 beta[i] = R_px * alpha * (math.sqrt(2 * math.pi) / 4.0) * float(y) * torch.from_numpy(integ)
             self._blocks.append((N, rows, cols, beta))
+        # flat positions of z[ell][N + ell, s] in the concatenation of the z_ell (per-ell blocks of
+        # (2 ell + 1) x S(ell), row-major), so each N gathers its rows with one index_select
+        zoff = np.cumsum([0] + [(2 * e + 1) * volume_basis.S[e] for e in range(ell_max + 1)])
+        self._gather = [torch.tensor([int(zoff[e]) + (N + e) * volume_basis.S[e] + s for e, s in rows])
+                        for N, rows, _, _ in self._blocks]
         self._cache = {}
 
     # ------------------------------------------------------------------------------------------
@@ -148,15 +153,16 @@ class Projector:
         lead = t.shape[:-1]
         flat = t.reshape(-1, vb.count)
         Vn = flat.shape[0]
-        # step 1: z_ell[v, k, N, s] = sum_m D^ell_{N,m}(R_k^T) x[v, ell, m, s]
+        # step 1: z_ell[v, k, N, s] = sum_m D^ell_{N,m}(R_k^T) x[v, ell, m, s] (one batched product per ell)
         z = []
         for e in range(vb.ell_max + 1):
             blk = flat[:, vb.offsets[e]:vb.offsets[e + 1]].reshape(Vn, 1, 2 * e + 1, vb.S[e])
-            z.append(torch.matmul(D[e].to(flat.device)[None], blk))  # (V, K, 2e+1, S)
+            z.append(torch.matmul(D[e].to(flat.device)[None], blk).reshape(Vn, K, -1))  # (V, K, (2e+1) S)
+        z = torch.cat(z, -1)
         # step 2: per N, (V K, rows) @ (rows, n)
         out = torch.zeros(Vn, K, self.pswf.count, dtype=torch.complex128, device=flat.device)
-        for N, rows, cols, beta in self._blocks:
-            Z = torch.stack([z[e][:, :, N + e, s] for e, s in rows], -1)  # (V, K, rows)
+        for (N, rows, cols, beta), g in zip(self._blocks, self._gather):
+            Z = z.index_select(-1, g.to(flat.device))  # (V, K, rows)
             out[:, :, cols.to(flat.device)] = Z @ beta.to(flat.device)
         return from_tensor(out.reshape(lead + (K, self.pswf.count)), kind)
 

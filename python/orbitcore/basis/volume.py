@@ -39,7 +39,7 @@ from scipy.special import spherical_jn
 from .. import _validate as V
 from .. import fourier
 from .._validate import fail, from_tensor, to_tensor
-from ._special import spherical_bessel_zeros, spherical_harmonics
+from ._special import single_thread, spherical_bessel_zeros, spherical_harmonics
 
 __all__ = ["VolumeBasis", "nyquist_radial_counts"]
 
@@ -211,7 +211,8 @@ class VolumeBasis:
             if idx.numel() < self.count:
                 fail("VolumeBasis.expand", f"fewer grid points in the ball ({idx.numel()}) than coefficients "
                      f"({self.count})")
-            U, S, Vh = torch.linalg.svd(B, full_matrices=False)
+            with single_thread():
+                U, S, Vh = torch.linalg.svd(B, full_matrices=False)
             self.condition_number = float(S[0] / S[-1])
             self._cache[key] = Vh.conj().T @ (U.conj().T / S[:, None])  # (M, P)
         return self._cache[key]

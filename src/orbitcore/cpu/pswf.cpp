@@ -10,6 +10,14 @@
 #include "../pswf.hpp"
 #include "parallel.hpp"
 
+// Hot loops compiled for AVX-512, AVX2 and the baseline ISA, chosen at run time (the wheel is
+// built without -march).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define ORBITCORE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define ORBITCORE_CLONES
+#endif
+
 namespace orbitcore {
 namespace cpu {
 
@@ -48,17 +56,108 @@ void pswf_eval_points(const T* points, index_t P, const int* gN, const int* gK, 
   }
 }
 
+// Images per orbit pass. A tile of kRows images is transposed to pixel-major order (so pixel p
+// of the tile is kRows contiguous values), folded with the orbit products vectorised over the
+// images, and the features transposed back; the transposes move 16 x 16 blocks so every cache line
+// read or written is used whole (rows of an image batch are 4 KiB-aliased).
+constexpr int kRows = 16;
+
+template <typename T>
+void to_pixel_major(const T* rows, index_t ld, index_t n, int nb, T* tile) {
+  for (index_t p0 = 0; p0 < n; p0 += kRows) {
+    const int w = static_cast<int>(std::min<index_t>(kRows, n - p0));
+    for (int r = 0; r < kRows; ++r) {
+      if (r < nb) {
+        const T* src = rows + r * ld + p0;
+        for (int c = 0; c < w; ++c) tile[(p0 + c) * kRows + r] = src[c];
+      } else {
+        for (int c = 0; c < w; ++c) tile[(p0 + c) * kRows + r] = T(0);
+      }
+    }
+  }
+}
+
+template <typename T>
+void from_pixel_major(const T* tile, index_t n, int nb, T* rows, index_t ld) {
+  for (index_t p0 = 0; p0 < n; p0 += kRows) {
+    const int w = static_cast<int>(std::min<index_t>(kRows, n - p0));
+    for (int r = 0; r < nb; ++r) {
+      T* dst = rows + r * ld + p0;
+      for (int c = 0; c < w; ++c) dst[c] = tile[(p0 + c) * kRows + r];
+    }
+  }
+}
+
+// One tile of kRows images: to pixel-major, orbit products, back to rows.
+template <typename T>
+inline __attribute__((always_inline)) void fold_tile(const T* img, index_t npix, int nb, const int* pix,
+                                                     const T* Q, const int* size, const int* feat, index_t O,
+                                                     T* y, index_t F, T* xt, T* yt) {
+  to_pixel_major(img, npix, npix, nb, xt);
+  // The orbits' pixels are scattered over the tile (L2): prefetch a few orbits ahead.
+  constexpr index_t kAhead = 4;
+  for (index_t o = 0; o < O; ++o) {
+    if (o + kAhead < O) {
+      const int* pa = pix + pswf::kOrbit * (o + kAhead);
+      for (int j = 0; j < size[o + kAhead]; ++j) __builtin_prefetch(xt + index_t(pa[j]) * kRows);
+    }
+    pswf::fold_orbit<kRows>(xt, index_t(1), index_t(kRows), kRows, pix + pswf::kOrbit * o,
+                            Q + pswf::kOrbit * pswf::kOrbit * o, size[o], yt, index_t(1), index_t(kRows),
+                            feat + pswf::kOrbit * o);
+  }
+  from_pixel_major(yt, F, nb, y, F);
+}
+
+template <typename T>
+inline __attribute__((always_inline)) void unfold_tile(const T* y, index_t F, int nb, const int* pix,
+                                                       const T* Q, const int* size, const int* feat,
+                                                       index_t O, T* img, index_t npix, T* xt, T* yt) {
+  to_pixel_major(y, F, F, nb, yt);
+  std::fill(xt, xt + npix * kRows, T(0));  // pixels of no orbit
+  for (index_t o = 0; o < O; ++o)
+    pswf::unfold_orbit<kRows>(yt, index_t(1), index_t(kRows), kRows, feat + pswf::kOrbit * o,
+                              Q + pswf::kOrbit * pswf::kOrbit * o, size[o], xt, index_t(1), index_t(kRows),
+                              pix + pswf::kOrbit * o);
+  from_pixel_major(xt, npix, nb, img, npix);
+}
+
+#define ORBITCORE_TILE_FNS(T, SUF)                                                                      \
+  ORBITCORE_CLONES void fold_tile_##SUF(const T* img, index_t npix, int nb, const int* pix, const T* Q,   \
+                                        const int* size, const int* feat, index_t O, T* y, index_t F,      \
+                                        T* xt, T* yt) {                                                    \
+    fold_tile<T>(img, npix, nb, pix, Q, size, feat, O, y, F, xt, yt);                                     \
+  }                                                                                                        \
+  ORBITCORE_CLONES void unfold_tile_##SUF(const T* y, index_t F, int nb, const int* pix, const T* Q,      \
+                                          const int* size, const int* feat, index_t O, T* img,             \
+                                          index_t npix, T* xt, T* yt) {                                    \
+    unfold_tile<T>(y, F, nb, pix, Q, size, feat, O, img, npix, xt, yt);                                   \
+  }                                                                                                        \
+  inline void fold_tile_any(const T* img, index_t npix, int nb, const int* pix, const T* Q, const int* size, \
+                            const int* feat, index_t O, T* y, index_t F, T* xt, T* yt) {                    \
+    fold_tile_##SUF(img, npix, nb, pix, Q, size, feat, O, y, F, xt, yt);                                  \
+  }                                                                                                        \
+  inline void unfold_tile_any(const T* y, index_t F, int nb, const int* pix, const T* Q, const int* size,   \
+                              const int* feat, index_t O, T* img, index_t npix, T* xt, T* yt) {             \
+    unfold_tile_##SUF(y, F, nb, pix, Q, size, feat, O, img, npix, xt, yt);                                \
+  }
+ORBITCORE_TILE_FNS(float, f32)
+ORBITCORE_TILE_FNS(double, f64)
+#undef ORBITCORE_TILE_FNS
+
 template <typename T>
 void pswf_fold(const T* img, index_t B, index_t npix, const int* pix, const T* Q, const int* size,
                const int* feat, index_t O, T* y, index_t F, int num_threads) {
   const int nt = resolve_threads(num_threads);
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (index_t b = 0; b < B; ++b) {
-    const T* im = img + b * npix;
-    T* yb = y + b * F;
-    for (index_t o = 0; o < O; ++o)
-      pswf::fold_orbit(im, pix + pswf::kOrbit * o, Q + pswf::kOrbit * pswf::kOrbit * o, size[o], yb,
-                       feat + pswf::kOrbit * o);
+  const index_t blocks = (B + kRows - 1) / kRows;
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<T> xt(static_cast<std::size_t>(npix * kRows)), yt(static_cast<std::size_t>(F * kRows));
+#pragma omp for schedule(static)
+    for (index_t blk = 0; blk < blocks; ++blk) {
+      const index_t b0 = blk * kRows;
+      const int nb = static_cast<int>(std::min<index_t>(kRows, B - b0));
+      fold_tile_any(img + b0 * npix, npix, nb, pix, Q, size, feat, O, y + b0 * F, F, xt.data(), yt.data());
+    }
   }
 }
 
@@ -66,14 +165,16 @@ template <typename T>
 void pswf_unfold(const T* y, index_t B, index_t F, const int* pix, const T* Q, const int* size,
                  const int* feat, index_t O, T* img, index_t npix, int num_threads) {
   const int nt = resolve_threads(num_threads);
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (index_t b = 0; b < B; ++b) {
-    T* im = img + b * npix;
-    std::fill(im, im + npix, T(0));
-    const T* yb = y + b * F;
-    for (index_t o = 0; o < O; ++o)
-      pswf::unfold_orbit(yb, feat + pswf::kOrbit * o, Q + pswf::kOrbit * pswf::kOrbit * o, size[o], im,
-                         pix + pswf::kOrbit * o);
+  const index_t blocks = (B + kRows - 1) / kRows;
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<T> xt(static_cast<std::size_t>(npix * kRows)), yt(static_cast<std::size_t>(F * kRows));
+#pragma omp for schedule(static)
+    for (index_t blk = 0; blk < blocks; ++blk) {
+      const index_t b0 = blk * kRows;
+      const int nb = static_cast<int>(std::min<index_t>(kRows, B - b0));
+      unfold_tile_any(y + b0 * F, F, nb, pix, Q, size, feat, O, img + b0 * npix, npix, xt.data(), yt.data());
+    }
   }
 }
 
@@ -128,12 +229,6 @@ inline __attribute__((always_inline)) void micro_body(index_t kc, const T* __res
     }
   }
 }
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define ORBITCORE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define ORBITCORE_CLONES
-#endif
 
 ORBITCORE_CLONES void micro_f32(index_t kc, const float* a, const float* b, float* c, index_t ldc, int mr,
                                 int nr, bool accumulate) {

@@ -54,8 +54,9 @@ __global__ void fold_kernel(const T* __restrict__ img, index_t B, index_t npix, 
   const index_t it = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (it >= B * O) return;
   const index_t b = it / O, o = it % O;
-  pswf::fold_orbit(img + b * npix, pix + pswf::kOrbit * o, Q + pswf::kOrbit * pswf::kOrbit * o, size[o],
-                   y + b * F, feat + pswf::kOrbit * o);
+  pswf::fold_orbit<1>(img + b * npix, npix, index_t(1), 1, pix + pswf::kOrbit * o,
+                      Q + pswf::kOrbit * pswf::kOrbit * o, size[o], y + b * F, F, index_t(1),
+                      feat + pswf::kOrbit * o);
 }
 
 template <typename T>
@@ -65,8 +66,9 @@ __global__ void unfold_kernel(const T* __restrict__ y, index_t B, index_t F, con
   const index_t it = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (it >= B * O) return;
   const index_t b = it / O, o = it % O;
-  pswf::unfold_orbit(y + b * F, feat + pswf::kOrbit * o, Q + pswf::kOrbit * pswf::kOrbit * o, size[o],
-                     img + b * npix, pix + pswf::kOrbit * o);
+  pswf::unfold_orbit<1>(y + b * F, F, index_t(1), 1, feat + pswf::kOrbit * o,
+                        Q + pswf::kOrbit * pswf::kOrbit * o, size[o], img + b * npix, npix, index_t(1),
+                        pix + pswf::kOrbit * o);
 }
 
 }  // namespace
