@@ -7,9 +7,10 @@ needs neither torch nor orbitcore). ASPIRE is GPL: this script only calls its pu
                              "n_expand": 4, "repeat": 3, "seed": 0}'
 
 prints one JSON document: per (L, dtype) the plan time, ``evaluate_t`` / ``evaluate`` times for
-the batch, the time of ``expand`` (one CG solve per image) for ``n_expand`` images, the
-coefficient count, and the relative least-squares residual of ``expand`` on those images
-(``||evaluate(expand(x)) - x||`` over the disk / ``||x||``), for the matched-accuracy check.
+the batch (best of ``repeat``), the time of ``expand`` (one CG solve per image; best of the
+``n_expand`` single-image calls), the coefficient count, and the relative least-squares residual
+of ``expand`` on those images (``||evaluate(expand(x)) - x||`` over the disk / ``||x||``), for the
+matched-accuracy check.
 """
 from __future__ import annotations
 
@@ -23,13 +24,14 @@ import numpy as np
 
 
 def timeit(fn, repeat):
+    """(best, median) wall time of fn() over `repeat` runs after one warm-up."""
     fn()
     ts = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return min(ts), statistics.median(ts)
 
 
 def main():
@@ -49,25 +51,29 @@ def main():
             basis = PSWFBasis2D(L, dtype=dtype)
             plan = time.perf_counter() - t0
             img = Image(x)
-            t_adj = timeit(lambda: basis.evaluate_t(img), cfg["repeat"])
+            t_adj, t_adj_med = timeit(lambda: basis.evaluate_t(img), cfg["repeat"])
             coef = basis.evaluate_t(img)
             c_arr = coef.asnumpy() if hasattr(coef, "asnumpy") else np.asarray(coef)
-            t_eval = timeit(lambda: basis.evaluate(Coef(basis, c_arr)), cfg["repeat"])
+            t_eval, t_eval_med = timeit(lambda: basis.evaluate(Coef(basis, c_arr)), cfg["repeat"])
             n = cfg["n_expand"]
-            sub = Image(x[:n])
-            t0 = time.perf_counter()
-            a = basis.expand(sub)
-            t_exp = time.perf_counter() - t0
-            a_arr = a.asnumpy() if hasattr(a, "asnumpy") else np.asarray(a)
+            parts, times = [], []
+            for i in range(n):  # one image per call: the best single-image time
+                t0 = time.perf_counter()
+                parts.append(basis.expand(Image(x[i:i + 1])))
+                times.append(time.perf_counter() - t0)
+            t_exp = min(times)
+            a_arr = np.concatenate([p.asnumpy() if hasattr(p, "asnumpy") else np.asarray(p) for p in parts])
             back = basis.evaluate(Coef(basis, a_arr)).asnumpy()
             mask = basis._disk_mask
             res = np.linalg.norm((back - x[:n])[:, mask]) / np.linalg.norm(x[:n][:, mask])
             rows.append({
                 "L": L, "dtype": dt, "count": int(basis.count), "disk_pixels": int(mask.sum()),
-                "plan_s": plan, "evaluate_t_s": t_adj, "evaluate_s": t_eval, "batch": cfg["batch"],
-                "expand_s": t_exp, "expand_images": n,
+                "plan_s": plan, "evaluate_t_s": t_adj, "evaluate_t_median_s": t_adj_med, "evaluate_s": t_eval,
+                "evaluate_median_s": t_eval_med, "batch": cfg["batch"],
+                "expand_s_per_image": t_exp, "expand_s_per_image_median": statistics.median(times),
+                "expand_images": n,
                 "evaluate_t_images_per_s": cfg["batch"] / t_adj, "evaluate_images_per_s": cfg["batch"] / t_eval,
-                "expand_images_per_s": n / t_exp, "expand_relative_residual": float(res),
+                "expand_images_per_s": 1.0 / t_exp, "expand_relative_residual": float(res),
             })
     print(json.dumps({"aspire_version": aspire.__version__, "rows": rows}))
 

@@ -95,11 +95,23 @@ class Projector:
                 y = Yeq[sh_index(ell, N)].real
                 beta[i] = R_px * alpha * (math.sqrt(2 * math.pi) / 4.0) * float(y) * torch.from_numpy(integ)
             self._blocks.append((N, rows, cols, beta))
-        # flat positions of z[ell][N + ell, s] in the concatenation of the z_ell (per-ell blocks of
-        # (2 ell + 1) x S(ell), row-major), so each N gathers its rows with one index_select
+        # The per-N products batched into one: rows of every N block gathered from the
+        # concatenation of the z_ell (per-ell blocks (2 ell + 1) x S(ell), row-major; padding points
+        # at an appended zero column), beta zero-padded to (blocks, rows_max, n_max), outputs
+        # scattered to the PSWF columns (padding to a dummy column that is dropped).
         zoff = np.cumsum([0] + [(2 * e + 1) * volume_basis.S[e] for e in range(ell_max + 1)])
-        self._gather = [torch.tensor([int(zoff[e]) + (N + e) * volume_basis.S[e] + s for e, s in rows])
-                        for N, rows, _, _ in self._blocks]
+        nz = int(zoff[-1])
+        nb = len(self._blocks)
+        rmax = max(len(r) for _, r, _, _ in self._blocks)
+        cmax = max(int(c.numel()) for _, _, c, _ in self._blocks)
+        gather = torch.full((nb, rmax), nz, dtype=torch.int64)
+        scatter = torch.full((nb, cmax), pswf.count, dtype=torch.int64)
+        beta_pad = torch.zeros(nb, rmax, cmax, dtype=torch.complex128)
+        for i, (N, rows, cols, beta) in enumerate(self._blocks):
+            gather[i, :len(rows)] = torch.tensor([int(zoff[e]) + (N + e) * volume_basis.S[e] + s for e, s in rows])
+            scatter[i, :cols.numel()] = cols
+            beta_pad[i, :len(rows), :cols.numel()] = beta
+        self._gather, self._scatter, self._beta_pad = gather.reshape(-1), scatter.reshape(-1), beta_pad
         self._cache = {}
 
     # ------------------------------------------------------------------------------------------
@@ -158,12 +170,16 @@ class Projector:
         for e in range(vb.ell_max + 1):
             blk = flat[:, vb.offsets[e]:vb.offsets[e + 1]].reshape(Vn, 1, 2 * e + 1, vb.S[e])
             z.append(torch.matmul(D[e].to(flat.device)[None], blk).reshape(Vn, K, -1))  # (V, K, (2e+1) S)
+        z.append(flat.new_zeros(Vn, K, 1))  # the padding column
         z = torch.cat(z, -1)
-        # step 2: per N, (V K, rows) @ (rows, n)
-        out = torch.zeros(Vn, K, self.pswf.count, dtype=torch.complex128, device=flat.device)
-        for (N, rows, cols, beta), g in zip(self._blocks, self._gather):
-            Z = z.index_select(-1, g.to(flat.device))  # (V, K, rows)
-            out[:, :, cols.to(flat.device)] = Z @ beta.to(flat.device)
+        # step 2: per N, (V K, rows) @ (rows, n), as one batched product over the N blocks
+        dev = flat.device
+        nb, rmax, cmax = self._beta_pad.shape
+        Z = z.index_select(-1, self._gather.to(dev)).reshape(Vn * K, nb, rmax).transpose(0, 1)
+        prod = torch.bmm(Z, self._beta_pad.to(dev))  # (blocks, V K, n_max)
+        out = flat.new_zeros(Vn * K, self.pswf.count + 1)
+        out = out.index_copy(1, self._scatter.to(dev), prod.transpose(0, 1).reshape(Vn * K, nb * cmax))
+        out = out[:, :self.pswf.count].reshape(Vn, K, self.pswf.count)
         return from_tensor(out.reshape(lead + (K, self.pswf.count)), kind)
 
     def images(self, x, rotations=None, *, wigner=None, dtype=torch.float64):

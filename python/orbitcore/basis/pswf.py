@@ -17,20 +17,24 @@ Definitions (seeds/002 eq. 10–12, our normalisation):
   energy of the band-limited extension of ``psi_{N,n}`` that lies inside the disk.
 * Pixels: an image of side ``L`` has its origin at index ``L // 2`` (ARCHITECTURE.md); the disk
   has radius ``R = L // 2`` pixels and the default band limit is ``c = pi R`` (Nyquist: the
-  functions are band limited to 1/2 cycle per pixel). For even ``L`` the two pixels ``(-R, 0)`` and
-  ``(0, -R)`` (first row/column, no mirror partner on the grid) are left out, so that the pixel
-  set is symmetric under the 8 symmetries of the square.
+  functions are band limited to 1/2 cycle per pixel). The disk pixels are all pixels with
+  ``|p| <= R`` (ASPIRE's choice too, same counts). For even ``L`` two of them, ``(-R, 0)`` and
+  ``(0, -R)`` (first row/column), have no mirror partner on the grid; they enter the least
+  squares through an exact rank-2 correction (below). Without them the odd-``N`` blocks would be
+  ill-conditioned (condition ~200 instead of ~4).
 * Basis functions on pixels are ``psi_{N,n}(p / R) / R`` (``p`` in pixels): orthonormal for the
   pixel-area measure, so their Gram matrix on the grid is close to the identity and white noise
   of variance ``s^2`` per pixel gives coefficients of variance about ``s^2``.
 
 Truncation rule (the kept ``(N, n)`` pairs): ``(N, n)`` is kept when ``lambda_{N,n} > truncation``
-(default 1/2). Since ``lambda`` decreases in ``n`` and in ``|N|``, this keeps
-``n = 0 .. n_max(N) - 1`` for ``|N| <= N_max``. This is the rule of Landa & Shkolnisky (seeds/002
-ref. [52], eq. (8)) as implemented in ASPIRE's ``PSWFBasis2D``: there it is written
+(default 1/2). Since ``lambda`` decreases in ``n`` and in ``|N|``, this keeps ``n = 0 ..
+n_max[N] - 1`` for ``|N| <= N_max`` (:attr:`PSWF2D.n_max` is a count; the inclusive upper index
+``n_max(N)`` of seeds/002 eq. 16 is ``n_max[N] - 1``). seeds/002 takes the range of ``(N, n)``
+from Landa & Shkolnisky (its ref. [52], eq. 8), which ASPIRE's ``PSWFBasis2D`` implements as
 ``gamma_{N,n} = sqrt(lambda / (1 - lambda)) > gamma_trunc``, i.e. ``truncation =
-gamma_trunc^2 / (1 + gamma_trunc^2)``; ASPIRE's default ``gamma_trunc = 1`` is our default 1/2.
-The number of kept functions is close to the 2-D Shannon number ``c^2 / 4``.
+gamma_trunc^2 / (1 + gamma_trunc^2)``: ASPIRE's default ``gamma_trunc = 1`` is our default 1/2,
+and the kept sets agree (tests/basis/test_pswf.py checks ASPIRE's counts for L = 32 and 64). The
+number of kept functions is close to the 2-D Shannon number ``c^2 / 4``.
 
 Coefficients. The kept pairs are listed in :attr:`PSWF2D.indices` (``N`` ascending from
 ``-N_max`` to ``N_max``, then ``n``), one coefficient per pair, ``M = count`` in all:
@@ -49,7 +53,10 @@ symmetry-adapted pixel coordinates (an orthogonal change of basis applied orbit 
 ``N mod 4`` classes: ``N = 0 mod 4``, ``2 mod 4``, odd). ``expand`` (least squares through a
 precomputed pseudo-inverse per block), ``evaluate`` and ``evaluate_adjoint`` are then one fold
 or unfold plus 6 dense products, about 5x fewer flops than the dense ``pixels x coefficients``
-product.
+product. For even ``L`` the two unpaired pixels ``E`` add ``c = c_s + (x_E - E c_s) W^T`` to the
+block solution ``c_s`` (``W = G_s^{-1} E^T (I + E G_s^{-1} E^T)^{-1}``, ``G_s`` the block-diagonal
+normal matrix), which is the exact least-squares solution over all disk pixels (Woodbury); in
+float32 it costs about one extra digit (relative error ~1e-5 instead of ~1e-7).
 """
 from __future__ import annotations
 
