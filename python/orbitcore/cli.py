@@ -12,6 +12,7 @@ import sys
 # Modules that define `register(subparsers)`; each adds one or more subcommands.
 _COMMAND_MODULES = [
     "orbitcore.demo",
+    "orbitcore.mom._cli",
 ]
 
 
