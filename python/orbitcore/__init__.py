@@ -9,9 +9,21 @@ from . import _ext
 from ._ext import built_with_cuda, cuda_available
 from ._validate import OrbitcoreWarning
 from .ops.slice import fourier_insert, fourier_sample, fourier_slice
-from . import fourier, geometry, io, metrics, nn, physics  # noqa: E402
+from . import fourier, geometry, nn  # noqa: E402
 
 __version__ = getattr(_ext.C, "__version__", "dev")
+
+# Subpackages with heavier dependencies (mrcfile, starfile, pandas, scipy) load on first use:
+# `orbitcore.physics`, `orbitcore.io`, `orbitcore.metrics` work without an explicit import.
+_LAZY = ("physics", "io", "metrics")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib  # noqa: PLC0415
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'orbitcore' has no attribute {name!r}")
 
 __all__ = [
     "OrbitcoreWarning",

@@ -12,6 +12,8 @@ import sys
 # Modules that define `register(subparsers)`; each adds one or more subcommands.
 _COMMAND_MODULES = [
     "orbitcore.demo",
+    "orbitcore.physics._cli",
+    "orbitcore.metrics._cli",
     "orbitcore.mom._cli",
 ]
 
@@ -45,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
-        print(f"orbitcore {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, KeyError, IndexError, OSError) as exc:
+        # orbitcore's errors name the function, the argument and the problem: print, no traceback
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"orbitcore {args.command}: error: {msg}", file=sys.stderr)
         return 1
 
 

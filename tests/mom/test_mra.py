@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from orbitcore import fourier
-from orbitcore.metrics.orbit import moment_relative_error, mra_relative_error
+from orbitcore.metrics.errors import moment_relative_error, mra_relative_error
 from orbitcore.mom import _moments, mra
 
 C128 = torch.complex128
@@ -466,7 +466,7 @@ def test_bad_inputs_give_clear_errors():
         (lambda: mra.train_supervised(epochz=3), TypeError, r"train_supervised: unknown setting 'epochz'"),
         (lambda: mra.load_encoder("/nonexistent/ck.pt"), FileNotFoundError, r"load_encoder: /nonexistent/ck.pt: no such"),
         (lambda: mra.shift_signals(v, 1.5), TypeError, r"shift_signals: s must hold integer shifts"),
-        (lambda: mra_relative_error(v[:4], v), ValueError, r"mra_relative_error: estimate and truth must be"),
+        (lambda: mra_relative_error(v[:4], v), ValueError, r"mra_relative_error: estimate and truth must have the same last axis"),
         (lambda: mra_relative_error(v, torch.zeros(n)), ValueError, r"mra_relative_error: truth must not be zero"),
         (lambda: moment_relative_error(M1, M2), ValueError, r"moment_relative_error: model must have the shape"),
     ]

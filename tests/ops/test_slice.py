@@ -570,3 +570,14 @@ def test_scatter_is_deterministic_and_thread_count_independent(gen):
         torch.set_num_threads(old)
     assert torch.equal(a, b)
     torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+
+
+def test_general_linear_map_with_check_false(gen):
+    # Documented: with check=False the plane is M (kx, ky, 0) for any 3x3 M (e.g. pad * R).
+    v = rand_vol(9, gen)
+    R = rots(3, gen)
+    M = 2.0 * R
+    torch.testing.assert_close(oc.fourier_slice(v, M, size=5, check=False),
+                               ref.fourier_slice(v, M, n=5), rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="rotation matrices"):
+        oc.fourier_slice(v, M)

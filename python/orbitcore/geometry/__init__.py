@@ -19,3 +19,10 @@ from .so3 import (  # noqa: F401
     so3_quadrature,
     spherical_design,
 )
+from .distributions import (  # noqa: F401
+    VonMisesFisherMixture,
+    fibonacci_sphere,
+    rotations_from_directions,
+    sample_vmf,
+    vmf_density,
+)

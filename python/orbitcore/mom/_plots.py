@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_path
-from ..metrics.orbit import mra_relative_error
+from ..metrics.errors import mra_relative_error
 
 
 def _align_to(est: torch.Tensor, truth: torch.Tensor) -> np.ndarray:

@@ -51,7 +51,7 @@ import torch
 from .. import fourier
 from .._validate import check_float, check_int, fail, to_tensor
 from ..io import atomic_path
-from ..metrics.orbit import moment_relative_error, mra_relative_error
+from ..metrics.errors import moment_relative_error, mra_relative_error
 from . import _moments
 from .mra_encoder import MomentCNN, MRAEncoder, moment_features
 
@@ -392,7 +392,7 @@ def reconstruction_loss(M1_hat, M2_hat, v, rho, lam: float = 1.0) -> torch.Tenso
 def orbit_error(estimate: torch.Tensor, truth: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Eq. 21 as a differentiable training loss: ``min_s ‖s ∘ truth − estimate‖ / ‖truth‖`` for
     batches ``(B, n)`` (gradient w.r.t. ``estimate`` through the minimising shift).
-    :func:`orbitcore.metrics.orbit.mra_relative_error` is the float64 yardstick."""
+    :func:`orbitcore.metrics.mra_relative_error` is the float64 yardstick."""
     n = estimate.shape[-1]
     corr = torch.fft.irfft(torch.fft.rfft(estimate, dim=-1) * torch.fft.rfft(truth, dim=-1).conj(), n=n, dim=-1)
     nt = truth.square().sum(-1)
@@ -571,7 +571,7 @@ class SupervisedTrainer:
     def evaluate(self, split: str = "test", limit: int | None = None, batch_size: int = 512) -> dict:
         """Average eq. 21 errors ``{"v", "rho", "trivial_v", "trivial_rho", "count"}`` of the
         encoder on the ``"test"`` or ``"train"`` pairs (the first ``limit`` of them), float64
-        yardstick (:func:`orbitcore.metrics.orbit.mra_relative_error`)."""
+        yardstick (:func:`orbitcore.metrics.mra_relative_error`)."""
         fn = "SupervisedTrainer.evaluate"
         if split not in ("test", "train"):
             fail(fn, f"split must be 'test' or 'train', got {split!r}")

@@ -286,6 +286,10 @@ def fourier_slice(volume_ft, rotations, size: int | None = None, radius: float |
             interpolated, the other half is ``S(-k) = conj(S(k))``. Exact for odd ``D`` (and for
             even ``D`` inside ``radius < D/2 - 1``); about 2x faster.
         check: validate rotation values (finite, orthogonal). Skipped under ``torch.compile``.
+            With ``check=False`` any real 3×3 matrices are accepted: the plane is
+            ``M @ (kx, ky, 0)`` for a general linear map ``M``. For example ``pad * R`` samples a
+            ``pad``-fold zero-padded volume at the frequencies of the un-padded image box
+            (what :class:`orbitcore.physics.Projector` does); gradients flow to ``M`` as well.
 
     Returns:
         complex ``(B, n, n)`` (or ``(n, n)`` for a single ``(3, 3)`` rotation), same kind
