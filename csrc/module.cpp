@@ -13,6 +13,7 @@ namespace py = pybind11;
 namespace orbitcore {
 namespace binding {
 void bind_slice(py::module_& m);
+void bind_moments(py::module_& m);
 }  // namespace binding
 }  // namespace orbitcore
 
@@ -33,4 +34,5 @@ PYBIND11_MODULE(_C, m) {
       "Number of CUDA devices the static CUDA runtime sees (0 without driver or GPU).");
   m.def("openmp_max_threads", []() { return omp_get_max_threads(); });
   bind_slice(m);
+  bind_moments(m);
 }

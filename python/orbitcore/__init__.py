@@ -9,6 +9,9 @@ from . import _ext
 from ._ext import built_with_cuda, cuda_available
 from ._validate import OrbitcoreWarning
 from .ops.slice import fourier_insert, fourier_sample, fourier_slice
+from .ops.moments import (
+    MomentAccumulator, MomentLayout, Moments, model_moments, moment_loss, moments_from_stack,
+)
 from . import fourier, geometry, nn  # noqa: E402
 
 __version__ = getattr(_ext.C, "__version__", "dev")
@@ -26,6 +29,9 @@ def __getattr__(name):
     raise AttributeError(f"module 'orbitcore' has no attribute {name!r}")
 
 __all__ = [
+    "MomentAccumulator",
+    "MomentLayout",
+    "Moments",
     "OrbitcoreWarning",
     "built_with_cuda",
     "cuda_available",
@@ -38,4 +44,7 @@ __all__ = [
     "metrics",
     "nn",
     "physics",
+    "model_moments",
+    "moment_loss",
+    "moments_from_stack",
 ]

@@ -127,3 +127,51 @@ def project_real_space(volume: torch.Tensor, R: torch.Tensor, n: int | None = No
     p = pts @ R.T
     vals = trilinear_sample(volume.to(torch.complex128), p).real
     return vals.sum(0) / oversample
+
+
+# ------------------------------------------------------------------------------------------------
+# Moments (direct float64 formulas, the definitions of seeds/000 eqs. 6, 14, 24, 25, 26, 30)
+# ------------------------------------------------------------------------------------------------
+def data_moments(x: torch.Tensor, ndim: int, radius: float | None = None, sigma2: float = 0.0):
+    """M1 (m,), M2 (m, m) of real observations x (N, n[, n]) by FFT-ing each one (centred,
+    unnormalised) and forming the outer products explicitly; frequencies |k| <= radius in
+    row-major order of the centred grid. Noise: n^ndim * sigma2 removed from the diagonal."""
+    x = x.to(torch.float64)
+    n = x.shape[-1]
+    dims = tuple(range(-ndim, 0))
+    F = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(x, dim=dims), dim=dims), dim=dims)
+    k = torch.arange(n) - n // 2
+    if ndim == 1:
+        r2 = k * k
+    else:
+        ky, kx = torch.meshgrid(k, k, indexing="ij")
+        r2 = kx * kx + ky * ky
+    sel = torch.ones_like(r2, dtype=torch.bool) if radius is None else r2 <= radius * radius
+    Z = F[..., sel]  # (N, m)
+    N = Z.shape[0]
+    M1 = Z.sum(0) / N
+    M2 = torch.zeros(Z.shape[1], Z.shape[1], dtype=Z.dtype)
+    for j in range(N):  # one outer product per observation, as in the definition
+        M2 += torch.outer(Z[j], Z[j].conj())
+    M2 = M2 / N - float(n**ndim) * sigma2 * torch.eye(Z.shape[1], dtype=Z.dtype)
+    return M1, M2
+
+
+def model_moments(S: torch.Tensor, w: torch.Tensor):
+    """M1 = sum_j w_j S_j, M2 = sum_j w_j S_j S_j^* by explicit outer products."""
+    M1 = (w.to(S.dtype)[:, None] * S).sum(0)
+    M2 = sum(w[j].to(S.dtype) * torch.outer(S[j], S[j].conj()) for j in range(S.shape[0]))
+    return M1, M2
+
+
+def moment_loss(M1_hat, M2_hat, S, w, lam=1.0, conjugate=None, squared=False):
+    """||M1_hat - M1|| + lam ||M2_hat - M2|| (Frobenius), the model moments formed densely; with
+    `conjugate`, of the Hermitian part (S + conj(S[:, conjugate])) / 2 of the slices."""
+    if conjugate is not None:
+        S = 0.5 * (S + S[:, conjugate].conj())
+    M1, M2 = model_moments(S, w)
+    e1 = (M1_hat - M1).abs().square().sum()
+    e2 = (M2_hat - M2).abs().square().sum()
+    if squared:
+        return e1 + lam * e2
+    return e1.sqrt() + lam * e2.sqrt()
