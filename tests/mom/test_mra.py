@@ -132,11 +132,10 @@ def test_a_million_observations_stream_routinely():
 # the moment primitives: plain-torch versions vs brute force, kernels vs plain torch
 # ------------------------------------------------------------------------------------------------
 def _impls():
-    out = [("torch", _moments.torch_model_moments, _moments.torch_moment_loss)]
-    if _moments.USING_KERNELS:
-        out.append(("kernel", _moments.model_moments,
-                    lambda a, b, s, w, lam: _moments.moment_loss(a, b, s, w, lam, hermitian=True)))
-    return out
+    return [("torch", _moments.torch_model_moments, _moments.torch_moment_loss),
+            ("kernel", _moments.model_moments, _moments.moment_loss),
+            ("kernel-real-basis", _moments.model_moments,
+             lambda a, b, s, w, lam: _moments.moment_loss(a, b, s, w, lam, hermitian=True))]
 
 
 @pytest.mark.parametrize("name,mm,loss", _impls(), ids=[i[0] for i in _impls()])
@@ -240,7 +239,10 @@ def test_moment_relative_error_definition():
     assert moment_relative_error(B, A) == pytest.approx(0.25, rel=1e-12)
 
 
-def test_reconstruction_loss_is_eq26_in_the_papers_normalisation_with_gradients():
+@pytest.mark.parametrize("real_basis", [False, True])
+def test_reconstruction_loss_is_eq26_in_the_papers_normalisation_with_gradients(real_basis, monkeypatch):
+    # both evaluations of the kernel loss: complex (short signals) and real basis (long ones)
+    monkeypatch.setattr(mra, "_HERMITIAN_FROM", 2 if real_basis else 10**9)
     n, lam = 12, 0.7
     v, rho = instance(n, 2, seed=5)
     D1, D2 = direct_moments(v, rho)

@@ -4,4 +4,3 @@
 ξ^v / ξ^ρ, the supervised and reconstruction phases, and the classical baseline.
 """
 from . import mra  # noqa: F401
-from ._moments import USING_KERNELS  # noqa: F401
