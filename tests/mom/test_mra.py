@@ -485,3 +485,39 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     p.write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"SupervisedTrainer.load: .*x.pt: not a readable checkpoint"):
         mra.SupervisedTrainer.load(p)
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end at the evidence scale (minutes): -m slow
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_2g():
+    torch.set_num_threads(1)
+    cfg = mra.TrainConfig(n=32, n_gaussians=2, epochs=30, batch_size=64, train_size=8192, test_size=2048,
+                          lrs=(1e-3, 1e-4, 1e-5), seed=2)
+    return mra.train_supervised(cfg, verbose=False)
+
+
+@pytest.mark.slow
+def test_two_gaussian_encoder_approaches_the_papers_table1(trained_2g):
+    # the paper (Table 1, 2 Gaussians, 1.75 M pairs, 30 000 epochs): test errors 0.141 (rho), 0.170 (v);
+    # 8192 pairs and 30 epochs (about 4 min on one core) must come within a factor 1.6 of them
+    test = trained_2g.evaluate("test")
+    assert test["rho"] < 1.6 * 0.141 and test["v"] < 1.6 * 0.170, test
+
+
+@pytest.mark.slow
+def test_pretrained_encoder_converges_faster_than_a_random_one(trained_2g):
+    # Figure 4 in small: 3 instances, 10^6 observations, sigma = 1; the pretrained encoder's mean
+    # errors are below the random encoder's over the first 100 iterations
+    pre, rnd = [], []
+    for i in range(3):
+        v, rho = instance(32, 2, seed=500 + i)
+        M1, M2 = mra.simulate_moments(v, rho, 10**6, 1.0, generator=i)
+        for enc, acc in ((trained_2g.encoder, pre), (None, rnd)):
+            rec = mra.reconstruct(M1, M2, enc, iters=100, lr=1e-4, truth=(v, rho), seed=i)
+            acc.append([np.array(rec.history[k]) for k in ("v_error", "rho_error", "m1_error", "m2_error")])
+    for j in range(4):
+        p = np.mean([r[j] for r in pre], axis=0)
+        q = np.mean([r[j] for r in rnd], axis=0)
+        assert np.all(p < q), j

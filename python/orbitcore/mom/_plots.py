@@ -75,10 +75,11 @@ def plot_reconstruction(path, results: dict, truth=None, title: str | None = Non
     return _save(fig, plt, path)
 
 
-def plot_convergence(path, curves: dict, title: str | None = None) -> pathlib.Path:
+def plot_convergence(path, curves: dict, title: str | None = None, floors: dict | None = None) -> pathlib.Path:
     """Figure 4 of seeds/000: mean ``log10`` of the summed moment errors (eq. 22) and mean
     reconstruction errors (eq. 21) against the iteration. ``curves[label]`` holds arrays
-    ``log10_moment_error``, ``v_error``, ``rho_error`` (same length)."""
+    ``log10_moment_error``, ``v_error``, ``rho_error`` (same length); ``floors`` optional
+    reference levels (same keys) drawn as dashed lines (e.g. the truth's own moment error)."""
     from ..metrics.plots import _plt  # noqa: PLC0415
 
     plt = _plt()
@@ -88,6 +89,9 @@ def plot_convergence(path, curves: dict, title: str | None = None) -> pathlib.Pa
         axes[0].plot(it, c["log10_moment_error"], color=f"C{i}", label=label)
         axes[1].plot(it, c["v_error"], color=f"C{i}", label=label)
         axes[2].plot(it, c["rho_error"], color=f"C{i}", label=label)
+    for ax, key in zip(axes, ("log10_moment_error", "v_error", "rho_error")):
+        if floors and key in floors:
+            ax.axhline(floors[key], color="k", ls="--", lw=1, label="the truth itself (noise floor)")
     axes[0].set_ylabel("log10(rel. err. M1 + rel. err. M2)")
     axes[1].set_ylabel("eq. 21 error of v")
     axes[2].set_ylabel("eq. 21 error of ρ")

@@ -391,7 +391,8 @@ def reconstruction_loss(M1_hat, M2_hat, v, rho, lam: float = 1.0) -> torch.Tenso
     lam = check_float(fn, "lam", lam, minimum=0.0)
     S = shift_slices(v) / math.sqrt(n)
     cdt = S.dtype
-    return _moments.moment_loss(M1.to(cdt) / math.sqrt(n), M2.to(cdt) / n, S, rho.to(v.dtype), lam,
+    M1, M2 = M1.to(device=v.device, dtype=cdt), M2.to(device=v.device, dtype=cdt)
+    return _moments.moment_loss(M1 / math.sqrt(n), M2 / n, S, rho.to(v.dtype), lam,
                                 hermitian=n >= _HERMITIAN_FROM)
 
 
@@ -779,11 +780,12 @@ def align_to_moments(M1_hat, M2_hat, v, rho, lam: float = 1.0) -> tuple[int, tor
         fail(fn, f"v must have n = {M1.shape[0]} points to match the moments, got {tuple(v.shape)}")
     rho = _density(fn, "rho", rho, n, atol=1e-4)
     lam = check_float(fn, "lam", lam, minimum=0.0)
-    t = torch.arange(n)
+    t = torch.arange(n, device=v.device)
     cand = shift_signals(v.detach().double(), t)  # (n, n): row t is t ∘ v
     P1, P2 = population_moments(cand, rho.detach().double().expand(n, n))
-    losses = _unitary_losses(M1.to(torch.complex128), M2.to(torch.complex128), P1, P2, lam)
-    return int(losses.argmin()), losses
+    c = dict(device=v.device, dtype=torch.complex128)
+    losses = _unitary_losses(M1.to(**c), M2.to(**c), P1, P2, lam)
+    return int(losses.argmin()), losses.cpu()
 
 
 def _record(hist: dict, loss: float, M1, M2, v, rho, truth) -> None:
@@ -849,8 +851,9 @@ def reconstruct(M1_hat, M2_hat, encoder: MRAEncoder | None = None, *, iters: int
             fail(fn, f"encoder was built for n = {encoder.n}, but the moments have n = {n}")
         enc = copy.deepcopy(encoder)
     enc.train()
-    cdt = torch.complex64 if next(enc.parameters()).dtype == torch.float32 else torch.complex128
-    Mi1, Mi2 = M1.to(cdt), M2.to(cdt)  # encoder input
+    p0 = next(enc.parameters())
+    cdt = torch.complex64 if p0.dtype == torch.float32 else torch.complex128
+    Mi1, Mi2 = M1.to(device=p0.device, dtype=cdt), M2.to(device=p0.device, dtype=cdt)  # encoder input
     shift = 0
     if align:
         with torch.no_grad():
