@@ -233,6 +233,59 @@ def test_orbit_error_against_brute_force_and_its_gradient():
     assert torch.autograd.gradcheck(lambda a: mra.orbit_error(a, v), (u,))
 
 
+def _bl_shift(x, s):
+    """Band-limited shift by a real s (samples), real part (the reference, element by element)."""
+    n = x.shape[-1]
+    k = (torch.arange(n) - n // 2).double()
+    return fourier.ifft1c(fourier.fft1c(x) * torch.exp(-2j * math.pi * k * s / n)).real
+
+
+def test_moments_are_nearly_invariant_under_a_joint_subsample_shift():
+    # eq. 15: M1 = v^ rho^ and M2(k1, k2) = v^(k1) rho^(k1 - k2) conj(v^(k2)); shifting v by +s and rho by
+    # -s (any real s, band-limited) leaves M1 (up to the Nyquist term) and M2 (up to the wrapped entries |k1 - k2| > n/2,
+    # which carry only v's high frequencies) unchanged. At n = 32 a half-sample joint shift is invisible in the
+    # moments while eq. 21 on the grid calls it a large error: what continuous_orbit_error is for.
+    n, s = 32, 0.5
+    for seed in range(3):
+        v, rho = instance(n, 2, seed=40 + seed)
+        v2, rho2 = _bl_shift(v, s), _bl_shift(rho, -s)
+        assert float(rho2.min()) > -1e-4 and float(rho2.sum()) == pytest.approx(1.0, abs=1e-12)
+
+        def moments(a, b):
+            ah, bh = fourier.fft1c(a), fourier.fft1c(b)
+            i = torch.arange(n)
+            d = (i[:, None] - i[None, :] + n // 2) % n
+            return ah * bh, ah[:, None] * bh[d] * ah.conj()[None, :]
+
+        M1, M2 = moments(v, rho)
+        J1, J2 = moments(v2, rho2)
+        V1, V2 = moments(v2, rho)
+        assert moment_relative_error(J1, M1) < 1e-6 and moment_relative_error(J2, M2) < 1e-3
+        assert moment_relative_error(V1, M1) > 1e-2 and moment_relative_error(V2, M2) > 1e-2
+        assert float(mra_relative_error(v2, v)) > 0.1
+        assert float(mra.continuous_orbit_error(v2, v)) < 1e-2   # the Nyquist share of even n
+
+
+def test_continuous_orbit_error():
+    g = torch.Generator().manual_seed(4)
+    for n in (15, 16):
+        v = mra.random_signals(n, 2, 1, generator=n, widths=(0.08, 0.1))[0]
+        for s in (0.375, 4.25):   # on the 1/32 search grid
+            u = _bl_shift(v, s)
+            err = float(mra.continuous_orbit_error(u, v))
+            assert err < (1e-10 if n % 2 else 1e-3), (n, s, err)      # even n: the Nyquist share stays
+            assert float(mra_relative_error(u, v)) > 10 * err + 0.01
+        # against a brute-force search with the reference shift; never above eq. 21
+        u = torch.randn(3, n, generator=g, dtype=torch.float64)
+        vv = torch.randn(3, n, generator=g, dtype=torch.float64)
+        got = mra.continuous_orbit_error(u, vv, upsample=8)
+        for b in range(3):
+            want = min(float(torch.linalg.vector_norm(_bl_shift(vv[b], j / 8) - u[b]) / torch.linalg.vector_norm(vv[b]))
+                       for j in range(8 * n))
+            assert float(got[b]) == pytest.approx(want, rel=1e-10)
+        assert bool((got <= mra_relative_error(u, vv) + 1e-12).all())
+
+
 def test_moment_relative_error_definition():
     A = torch.randn(6, 6, dtype=C128, generator=torch.Generator().manual_seed(2))
     B = A + 0.25 * A

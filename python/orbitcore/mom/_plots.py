@@ -89,12 +89,17 @@ def plot_convergence(path, curves: dict, title: str | None = None, floors: dict 
         axes[0].plot(it, c["log10_moment_error"], color=f"C{i}", label=label)
         axes[1].plot(it, c["v_error"], color=f"C{i}", label=label)
         axes[2].plot(it, c["rho_error"], color=f"C{i}", label=label)
+        for ax, key in ((axes[1], "v_error_continuous"), (axes[2], "rho_error_continuous")):
+            if key in c:
+                ax.plot(it, c[key], ":", color=f"C{i}", lw=1)
     for ax, key in zip(axes, ("log10_moment_error", "v_error", "rho_error")):
         if floors and key in floors:
             ax.axhline(floors[key], color="k", ls="--", lw=1, label="the truth itself (noise floor)")
     axes[0].set_ylabel("log10(rel. err. M1 + rel. err. M2)")
     axes[1].set_ylabel("eq. 21 error of v")
     axes[2].set_ylabel("eq. 21 error of ρ")
+    if any("v_error_continuous" in c for c in curves.values()):
+        axes[1].set_title("solid: shifts on the grid (eq. 21); dotted: continuous shifts", fontsize=9)
     axes[2].set_xlabel("iteration")
     for ax in axes[1:]:
         ax.set_ylim(0, None)
