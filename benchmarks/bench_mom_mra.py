@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 import time
 
-import torch
+from _common import emit, parser, setup_threads, timeit  # first: sets OMP_WAIT_POLICY before torch loads libgomp
 
-from _common import emit, parser, setup_threads, timeit
+import torch  # noqa: E402
+
 
 from orbitcore.mom import _moments, mra
 
