@@ -14,6 +14,7 @@ namespace orbitcore {
 namespace binding {
 void bind_slice(py::module_& m);
 void bind_moments(py::module_& m);
+void bind_pswf(py::module_& m);
 }  // namespace binding
 }  // namespace orbitcore
 
@@ -35,4 +36,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("openmp_max_threads", []() { return omp_get_max_threads(); });
   bind_slice(m);
   bind_moments(m);
+  bind_pswf(m);
 }

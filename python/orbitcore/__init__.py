@@ -12,7 +12,7 @@ from .ops.slice import fourier_insert, fourier_sample, fourier_slice
 from .ops.moments import (
     MomentAccumulator, MomentLayout, Moments, model_moments, moment_loss, moments_from_stack,
 )
-from . import fourier, geometry, nn  # noqa: E402
+from . import basis, fourier, geometry, nn  # noqa: E402
 
 __version__ = getattr(_ext.C, "__version__", "dev")
 
@@ -33,6 +33,7 @@ __all__ = [
     "MomentLayout",
     "Moments",
     "OrbitcoreWarning",
+    "basis",
     "built_with_cuda",
     "cuda_available",
     "fourier",

@@ -555,8 +555,9 @@ def test_cuda_matches_cpu(gen):
 
 def test_scatter_is_deterministic_and_thread_count_independent(gen):
     # Private per-thread accumulators reduced in a fixed order: bitwise reproducible run to run;
-    # across thread counts equal to rounding.
-    D, B = 12, 40
+    # across thread counts equal to rounding. B * n² is above the single-thread threshold
+    # (orbitcore::cpu::kMinParallelWork = 32768), so two threads really share the work.
+    D, B = 12, 256
     S = torch.randn(B, D, D, generator=gen, dtype=torch.complex64)
     R = rots(B, gen, torch.float32)
     old = torch.get_num_threads()

@@ -1,27 +1,16 @@
-"""``orbitcore mom-cryoem``: an ab initio volume from the first two moments of particle images
-(method of moments with a neural-network prior, seeds/000 §3.2, §4.2, §5.2).
+"""``orbitcore mom-mra``: the method of moments with a neural-network prior for multireference
+alignment (seeds/000 §5.1).
 
-No poses are estimated: the images enter only through their mean M̂1 and second moment M̂2
-(eq. 30, one streaming pass), Fourier-cropped to the working size. The volume (FourierNet, as
-in the paper, or a voxel volume) and the density of the rotations on an SO(3) quadrature are
-fitted to the moments by minimising eq. 28 with Adam.
+  orbitcore mom-mra simulate     draw a signal/density pair and N noisy observations (.npy)
+  orbitcore mom-mra train        supervised phase: train the encoders, write a checkpoint
+  orbitcore mom-mra reconstruct  observations or moments in; signal and density out (.npy)
+                                 plus a PNG of truth vs estimate and the error curves
 
-examples:
-  # simulated images of a map with a vMF-mixture viewing distribution (8 components), noise 0.5
-  orbitcore mom-cryoem --simulate map.mrc --n-images 200000 --size 25 --vmf 8 --sigma 0.5 \\
-      --steps 2000 --out runs/mom --truth map.mrc
-  # a built-in phantom (four Gaussians), voxel baseline
-  orbitcore mom-cryoem --simulate gaussians --volume-size 25 --n-images 50000 --vmf 8 \\
-      --model voxel --steps 1500 --out runs/g4
-  # real particles (CTF-free, centred), noise variance estimated from the image corners
-  orbitcore mom-cryoem --particles particles.star --size 33 --sigma2 corners --out runs/real
-  # resume an interrupted run: the same command again (the checkpoint is in --out)
-
-Outputs in --out: volume.mrc (working size, working voxel size), density.npz (ρ on the
-quadrature), directions.png (density of viewing directions), loss.png, history.json,
-summary.json (settings, moment errors of eq. 22 and, with --truth, FSC resolutions after
-alignment with handedness), fsc.png with --truth, moments.pt (the data moments; reused by a
-rerun), checkpoint.pt.
+Example:
+  orbitcore mom-mra simulate --n 32 --gaussians 2 --N 1000000 --sigma 1 --out mra-demo
+  orbitcore mom-mra train --n 32 --gaussians 2 --train-size 8192 --epochs 30 --checkpoint enc.pt
+  orbitcore mom-mra reconstruct --observations mra-demo/observations.npy --sigma 1 \\
+      --checkpoint enc.pt --truth mra-demo/truth.npz --out mra-rec
 """
 from __future__ import annotations
 
@@ -30,137 +19,205 @@ import json
 import pathlib
 import sys
 
+import numpy as np
+import torch
 
-def _load_volume(spec: str, size: int | None, pixel_size: float | None):
-    import torch  # noqa: PLC0415
-
-    from ..physics import volumes  # noqa: PLC0415
-
-    if spec in ("gaussians", "pseudo-molecule"):
-        D = size or 25
-        v = volumes.four_gaussians(D) if spec == "gaussians" else volumes.pseudo_molecule(D)
-        return v.to(torch.float64), float(pixel_size or 1.0)
-    from ..io import read_mrc  # noqa: PLC0415
-
-    p = pathlib.Path(spec)
-    if not p.is_file():
-        raise FileNotFoundError(f"--simulate {spec}: no such file (or use 'gaussians' / 'pseudo-molecule')")
-    data, vs = read_mrc(p)
-    if data.ndim != 3 or len(set(data.shape)) != 1:
-        raise ValueError(f"--simulate {spec}: expected a cubic 3-D map, got shape {data.shape}")
-    px = pixel_size if pixel_size is not None else (vs or 1.0)
-    v = torch.from_numpy(data).to(torch.float64)
-    if size is not None and size != v.shape[0]:
-        from .. import fourier  # noqa: PLC0415
-
-        if size > v.shape[0]:
-            raise ValueError(f"--volume-size {size} is larger than the map ({v.shape[0]}); only downsampling")
-        px = px * v.shape[0] / size
-        v = fourier.downsample(v, size, 3)
-    return v, float(px)
+from ..io import atomic_path
 
 
-def run(args) -> int:
-    import torch  # noqa: PLC0415
+def _save_npy(path: pathlib.Path, arr) -> None:
+    with atomic_path(path, suffix=".npy") as tmp:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
+            np.save(f, np.asarray(arr))
 
-    from ..geometry import VonMisesFisherMixture  # noqa: PLC0415
-    from . import cryoem as ce  # noqa: PLC0415
 
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    verbose = not args.quiet
-    mpath = out / "moments.pt"
-    viewing = None
-    truth = None
-    if args.simulate:
-        vol, px = _load_volume(args.simulate, args.volume_size, args.pixel_size)
-        vol = vol / vol.norm()  # the paper scales the volume to unit norm (§5.2)
-        truth = vol
-        gen = torch.Generator().manual_seed(args.seed)
-        viewing = VonMisesFisherMixture.random(args.vmf, generator=gen) if args.vmf else "uniform"
-    if mpath.is_file() and not args.recompute_moments:
-        mom = ce.CryoEMMoments.load(mpath)
-        if verbose:
-            print(f"using the data moments in {mpath} (N = {mom.count}; --recompute-moments to redo)", file=sys.stderr)
-    elif args.simulate:
-        mom = ce.simulate_moments(vol, args.n_images, viewing=viewing, sigma=args.sigma, size=args.size,
-                                  pixel_size=px, batch_size=args.batch_size, seed=args.seed, verbose=verbose)
-        mom.meta["viewing"] = "uniform" if viewing == "uniform" else {
-            "means": viewing.means.tolist(), "kappas": viewing.kappas.tolist(), "weights": viewing.weights.tolist()}
-        mom.save(mpath)
-    else:
-        s2 = args.sigma2
-        if s2 not in (None, "corners", "high_frequency"):
-            s2 = float(s2)
-        mom = ce.moments_from_images(args.particles, args.size, sigma2=s2, pixel_size=args.pixel_size,
-                                     batch_size=args.batch_size, limit=args.limit, verbose=verbose)
-        mom.save(mpath)
-    cfg = ce.FitConfig(model=args.model, query=args.query, hidden=args.hidden, density=args.density,
-                       n_directions=args.n_directions, n_inplane=args.n_inplane, exact_degree=args.exact_degree,
-                       steps=args.steps, lr=args.lr, squared=args.squared, seed=args.seed, latent_dim=args.latent_dim)
-    res = ce.fit(mom, cfg, checkpoint=out / "checkpoint.pt", checkpoint_every=args.checkpoint_every,
-                 resume=not args.restart, verbose=verbose)
-    ev = None
-    if args.truth or truth is not None:
-        if args.truth:
-            tv, tpx = _load_volume(args.truth, None, None)
-            truth = tv / tv.norm() if args.simulate else tv
-        ev = ce.evaluate(res, truth, viewing=viewing if isinstance(viewing, VonMisesFisherMixture) else None)
-    summary = ce.write_outputs(res, out, evaluation=ev, plots=not args.no_plots)
-    if verbose:
-        line = {"moment_error_1": summary["moment_error_1"], "moment_error_2": summary["moment_error_2"]}
-        if ev is not None:
-            line.update({"resolution_05_A": ev["resolution_05_A"], "correlation": ev["correlation"]})
-        print(json.dumps(line), file=sys.stderr)
-        print(f"wrote {out}/volume.mrc, density.npz, summary.json, history.json"
-              + ("" if args.no_plots else ", directions.png, loss.png") + (", fsc.png" if ev and not args.no_plots
-                                                                           else ""), file=sys.stderr)
+def _save_npz(path: pathlib.Path, **arrays) -> None:
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def _save_json(path: pathlib.Path, doc: dict) -> None:
+    with atomic_path(path, suffix=".json") as tmp:
+        tmp.write_text(json.dumps(doc, indent=1))
+
+
+def _load_npz(fn: str, path, keys: tuple[str, ...]) -> dict:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{fn}: {path}: no such file")
+    with np.load(path) as z:
+        missing = [k for k in keys if k not in z.files]
+        if missing:
+            raise ValueError(f"{fn}: {path} must contain arrays {', '.join(keys)}; missing {', '.join(missing)}")
+        return {k: z[k] for k in keys}
+
+
+# ------------------------------------------------------------------------------------------------
+def cmd_simulate(a) -> int:
+    from . import mra  # noqa: PLC0415
+
+    out = pathlib.Path(a.out)
+    gen = torch.Generator().manual_seed(a.seed)
+    v, rho = mra.random_instances(a.n, a.gaussians, 1, generator=gen)
+    v, rho = v[0], rho[0]
+    N = a.N
+    obs_path = out / "observations.npy"
+    with atomic_path(obs_path, suffix=".npy") as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(N, a.n))
+        done = 0
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        with tqdm(total=N, unit="obs", unit_scale=True, desc="simulate", disable=a.quiet) as bar:
+            for b in mra.iter_observations(v, rho, N, a.sigma, batch_size=65536, generator=gen):
+                arr[done:done + b.shape[0]] = b.numpy()
+                done += b.shape[0]
+                bar.update(b.shape[0])
+        arr.flush()
+        del arr
+    _save_npz(out / "truth.npz", v=v.numpy(), rho=rho.numpy(), sigma=np.float64(a.sigma))
+    if not a.quiet:
+        print(f"wrote {obs_path} ({N} x {a.n}, sigma {a.sigma:g}) and {out / 'truth.npz'}")
     return 0
 
 
+def cmd_train(a) -> int:
+    from . import mra  # noqa: PLC0415
+
+    cfg = mra.TrainConfig(n=a.n, n_gaussians=a.gaussians, epochs=a.epochs, batch_size=a.batch_size,
+                          train_size=None if a.train_size == 0 else a.train_size,
+                          steps_per_epoch=a.steps_per_epoch, test_size=a.test_size, lrs=tuple(a.lr),
+                          seed=a.seed)
+    tr = mra.train_supervised(cfg, checkpoint=a.checkpoint, resume=not a.no_resume,
+                              checkpoint_every=a.checkpoint_every, verbose=not a.quiet)
+    test = tr.evaluate("test")
+    doc = {"config": mra._config_dict(tr.config), "epoch": tr.epoch, "test": test}
+    if tr.config.train_size is not None:
+        doc["train"] = tr.evaluate("train", limit=a.test_size)
+    _save_json(pathlib.Path(a.checkpoint).with_suffix(".json"), doc)
+    if not a.quiet:
+        print(f"epoch {tr.epoch}: test errors (eq. 21) rho {test['rho']:.4f}, v {test['v']:.4f} "
+              f"(trivial predictor {test['trivial_rho']:.4f}, {test['trivial_v']:.4f}); "
+              f"checkpoint {a.checkpoint}")
+    return 0
+
+
+def _moments_from_args(a, mra):
+    if (a.observations is None) == (a.moments is None):
+        raise ValueError("mom-mra reconstruct: give exactly one of --observations or --moments")
+    if a.moments is not None:
+        z = _load_npz("mom-mra reconstruct", a.moments, ("M1", "M2"))
+        return torch.from_numpy(z["M1"]).to(torch.complex128), torch.from_numpy(z["M2"]).to(torch.complex128), None
+    if a.sigma is None:
+        raise ValueError("mom-mra reconstruct: --observations needs --sigma (the known noise level)")
+    path = pathlib.Path(a.observations)
+    if not path.is_file():
+        raise FileNotFoundError(f"mom-mra reconstruct: {path}: no such file")
+    obs = np.load(path, mmap_mode="r")
+    if obs.ndim != 2:
+        raise ValueError(f"mom-mra reconstruct: {path} must hold an (N, n) array of observations, got shape {obs.shape}")
+    B = 65536
+    batches = (np.asarray(obs[i:i + B], dtype=np.float64) for i in range(0, obs.shape[0], B))
+    M1, M2, N = mra.data_moments(batches, obs.shape[1], a.sigma, total=obs.shape[0], verbose=not a.quiet)
+    return M1, M2, N
+
+
+def cmd_reconstruct(a) -> int:
+    from . import mra  # noqa: PLC0415
+    from ._plots import plot_reconstruction  # noqa: PLC0415
+
+    out = pathlib.Path(a.out)
+    M1, M2, N = _moments_from_args(a, mra)
+    n = M1.shape[0]
+    truth = None
+    if a.truth is not None:
+        z = _load_npz("mom-mra reconstruct", a.truth, ("v", "rho"))
+        truth = (torch.from_numpy(z["v"]).double(), torch.from_numpy(z["rho"]).double())
+    if a.checkpoint is not None and a.random_encoder:
+        raise ValueError("mom-mra reconstruct: give --checkpoint or --random-encoder, not both")
+    if a.checkpoint is None and not a.random_encoder:
+        raise ValueError("mom-mra reconstruct: give --checkpoint (a pretrained encoder) or --random-encoder")
+    enc = mra.load_encoder(a.checkpoint) if a.checkpoint is not None else None
+    label = "pretrained encoder" if enc is not None else "random encoder"
+    rec = mra.reconstruct(M1, M2, enc, iters=a.iters, lr=a.lr, lam=a.lam, truth=truth, seed=a.seed,
+                          verbose=not a.quiet)
+    results = {label: rec}
+    if a.baseline_restarts > 0:
+        results["classical (no network)"] = mra.fit_moments_classical(
+            M1, M2, restarts=a.baseline_restarts, iters=a.iters, lam=a.lam, truth=truth, generator=a.seed,
+            verbose=not a.quiet)
+    if N is not None:
+        _save_npz(out / "moments.npz", M1=M1.numpy(), M2=M2.numpy(), N=np.int64(N), sigma=np.float64(a.sigma))
+    _save_npy(out / "v.npy", rec.v.double().numpy())
+    _save_npy(out / "rho.npy", rec.rho.double().numpy())
+    _save_npy(out / "v_hat.npy", rec.v_hat.numpy())
+    doc = {"n": n, "observations": N, "lam": a.lam, "iters": a.iters, "lr": a.lr,
+           "results": {k: {"loss": r.loss, "shift": r.shift, "history": r.history,
+                           "restart_losses": r.restart_losses} for k, r in results.items()}}
+    _save_json(out / "history.json", doc)
+    png = None
+    try:
+        png = plot_reconstruction(out / "reconstruction.png", results, truth,
+                                  title=f"MRA method of moments, n = {n}" + (f", N = {N}" if N else ""))
+    except ImportError:
+        print("matplotlib is not installed: no PNG (pip install orbitcore[plot])", file=sys.stderr)
+    if not a.quiet:
+        msg = f"{label}: final loss (eq. 26) {rec.loss:.4g}"
+        if truth is not None:
+            msg += f", errors (eq. 21) v {rec.history['v_error'][-1]:.4f}, rho {rec.history['rho_error'][-1]:.4f}"
+        print(msg)
+        print(f"wrote {out}/v.npy, rho.npy, v_hat.npy, history.json" + (", reconstruction.png" if png else ""))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
 def register(sub) -> None:
-    p = sub.add_parser("mom-cryoem", help="ab initio volume from image moments (method of moments, seeds/000)",
+    p = sub.add_parser("mom-mra", help="method of moments with a neural-network prior for MRA (seeds/000)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_argument_group("data (one of)")
-    g = src.add_mutually_exclusive_group(required=True)
-    g.add_argument("--particles", metavar="X.star|X.mrcs", help="CTF-free, centred particle images")
-    g.add_argument("--simulate", metavar="MAP.mrc|gaussians|pseudo-molecule",
-                   help="simulate images of this volume (scaled to unit norm) and use their moments")
-    src.add_argument("--size", type=int, default=None, help="working size n (images Fourier-cropped to n x n)")
-    src.add_argument("--pixel-size", type=float, default=None, help="Å per original pixel (default: header, else 1)")
-    src.add_argument("--sigma2", default=None,
-                     help="--particles: noise variance per original pixel, 'corners' or 'high_frequency' "
-                          "(default: no debiasing)")
-    src.add_argument("--limit", type=int, default=None, help="--particles: use the first LIMIT images")
-    src.add_argument("--batch-size", type=int, default=2048, help="images per batch (default 2048)")
-    src.add_argument("--recompute-moments", action="store_true", help="ignore moments.pt in --out")
-    sim = p.add_argument_group("simulation (--simulate)")
-    sim.add_argument("--n-images", type=int, default=100000, help="N (default 100000; streamed)")
-    sim.add_argument("--volume-size", type=int, default=None, help="Fourier-crop the map (phantoms: box, default 25)")
-    sim.add_argument("--vmf", type=int, default=8, metavar="K",
-                     help="viewing directions from a random mixture of K vMF (default 8; 0: uniform)")
-    sim.add_argument("--sigma", type=float, default=0.0, help="noise std per pixel (paper: 0.5; default 0)")
-    fit = p.add_argument_group("model and fit")
-    fit.add_argument("--model", choices=["fouriernet", "voxel"], default="fouriernet")
-    fit.add_argument("--query", choices=["direct", "grid"], default="direct",
-                     help="FourierNet queries: at the rotated grids (paper) or on the n^3 grid then slices")
-    fit.add_argument("--hidden", type=int, default=256, help="FourierNet width (default 256)")
-    fit.add_argument("--latent-dim", type=int, default=0, help="size of the xi^v latent (default 0: none)")
-    fit.add_argument("--density", choices=["encoder", "free"], default="encoder",
-                     help="xi^rho encoder (paper) or free softmax logits")
-    fit.add_argument("--n-directions", type=int, default=None, help="quadrature: design points (default 100)")
-    fit.add_argument("--n-inplane", type=int, default=None, help="quadrature: in-plane angles (default 12)")
-    fit.add_argument("--exact-degree", type=int, default=None, help="quadrature exact to this degree instead")
-    fit.add_argument("--steps", type=int, default=2000, help="Adam steps (lr/10 for the second half)")
-    fit.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4 FourierNet, 1e-2 voxel)")
-    fit.add_argument("--squared", action="store_true", help="squared Frobenius norms in eq. 28")
-    fit.add_argument("--checkpoint-every", type=int, default=100)
-    fit.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-    fit.add_argument("--seed", type=int, default=0)
-    o = p.add_argument_group("output")
-    o.add_argument("--out", required=True, metavar="DIR")
-    o.add_argument("--truth", metavar="MAP.mrc", default=None,
-                   help="ground truth for FSC (default with --simulate: the simulated volume)")
-    o.add_argument("--no-plots", action="store_true")
-    o.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=run)
+    s = p.add_subparsers(dest="mom_mra_command", metavar="<step>")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    q = s.add_parser("simulate", help="draw (v, rho) and N noisy observations (eq. 23)")
+    q.add_argument("--n", type=int, default=32, help="signal length (default 32)")
+    q.add_argument("--gaussians", type=int, default=2, help="Gaussians per signal and density (default 2)")
+    q.add_argument("--N", type=int, default=100000, help="number of observations (default 1e5)")
+    q.add_argument("--sigma", type=float, default=1.0, help="noise standard deviation (default 1)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default="mra-sim", help="output directory: observations.npy, truth.npz")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_simulate)
+
+    t = s.add_parser("train", help="supervised phase (§5.1.1): train the encoders, write a checkpoint")
+    t.add_argument("--n", type=int, default=32, help="signal length (default 32)")
+    t.add_argument("--gaussians", type=int, default=2, help="Gaussians per signal and density (default 2)")
+    t.add_argument("--epochs", type=int, default=30, help="epochs (default 30)")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--train-size", type=int, default=8192,
+                   help="training pairs drawn once from the seed; 0: fresh pairs every step (default 8192)")
+    t.add_argument("--steps-per-epoch", type=int, default=100, help="steps per epoch with --train-size 0")
+    t.add_argument("--test-size", type=int, default=1024, help="held-out pairs for the test error")
+    t.add_argument("--lr", type=float, nargs=3, default=[1e-4, 1e-5, 1e-6], metavar=("LR1", "LR2", "LR3"),
+                   help="learning rates of the three thirds of the epochs (default: the paper's 1e-4 1e-5 1e-6)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint", required=True, help="checkpoint path (resumed if it exists)")
+    t.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
+    t.add_argument("--no-resume", action="store_true", help="start over even if the checkpoint exists")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    r = s.add_parser("reconstruct", help="reconstruction phase (§5.1.2): moments -> signal and density")
+    r.add_argument("--observations", help="(N, n) .npy of noisy observations (memory-mapped, streamed)")
+    r.add_argument("--sigma", type=float, help="known noise standard deviation of the observations")
+    r.add_argument("--moments", help=".npz with complex M1 (n,) and M2 (n, n) (library convention)")
+    r.add_argument("--checkpoint", help="pretrained encoder (from `mom-mra train`)")
+    r.add_argument("--random-encoder", action="store_true", help="refine a randomly initialised encoder")
+    r.add_argument("--truth", help=".npz with the true v and rho (for errors and the plot)")
+    r.add_argument("--iters", type=int, default=3000, help="refinement iterations (default 3000)")
+    r.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    r.add_argument("--lam", type=float, default=1.0, help="lambda of eq. 26 (paper normalisation; default 1)")
+    r.add_argument("--baseline-restarts", type=int, default=0,
+                   help="also run the classical moment fit with this many random restarts")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", default="mra-reconstruction", help="output directory")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_reconstruct)

@@ -175,3 +175,53 @@ def moment_loss(M1_hat, M2_hat, S, w, lam=1.0, conjugate=None, squared=False):
     if squared:
         return e1 + lam * e2
     return e1.sqrt() + lam * e2.sqrt()
+# PSWF family
+# ------------------------------------------------------------------------------------------------
+def pswf_basis_values(basis, points: torch.Tensor) -> torch.Tensor:
+    """Real-convention PSWF basis values ``(P, M)`` at pixel offsets ``points (P, 2)``, float64.
+
+    Independent of the kernel: the generalised Zernike polynomials are evaluated with SciPy's
+    closed-form Jacobi polynomials, ``T_{N,j}(r) = sqrt(2(2j+N+1)) r^N P_j^{(N,0)}(1 - 2r^2)``, and
+    combined with ``basis.radial_coefficients`` and the angular normalisations of the module
+    docstring (pixel-normalised: ``psi(p / R) / R``).
+    """
+    import math
+
+    import numpy as np
+    from scipy.special import eval_jacobi
+
+    p = points.detach().to(torch.float64).cpu().numpy() / basis.radius
+    r = np.hypot(p[:, 0], p[:, 1])
+    phi = np.arctan2(p[:, 1], p[:, 0])
+    inside = r <= 1.0
+    Nl = basis.indices["N"].tolist()
+    nl = basis.indices["n"].tolist()
+    out = np.zeros((p.shape[0], len(Nl)))
+    for col, (N, n) in enumerate(zip(Nl, nl)):
+        a = abs(N)
+        d = basis.radial_coefficients[a][n]
+        j = np.arange(len(d))
+        T = np.sqrt(2.0 * (2 * j + a + 1))[None, :] * (r[:, None] ** a) * eval_jacobi(j[None, :], a, 0,
+                                                                                         1 - 2 * r[:, None] ** 2)
+        Phi = T @ d
+        if N == 0:
+            ang = np.full_like(phi, 1.0 / math.sqrt(2 * math.pi))
+        elif N > 0:
+            ang = np.cos(a * phi) / math.sqrt(math.pi)
+        else:
+            ang = np.sin(a * phi) / math.sqrt(math.pi)
+        out[:, col] = np.where(inside, Phi * ang, 0.0) / basis.radius
+    return torch.from_numpy(out)
+
+
+def pswf_fold_matrix(tables: dict, npix: int, F: int) -> torch.Tensor:
+    """Dense ``(F, npix)`` matrix ``U`` of the orbit fold described by ``tables`` (pix, Q, size,
+    feat): ``fold(x) = x @ U.T``, ``unfold(y) = y @ U``."""
+    pix, Q, size, feat = (tables[k].cpu() for k in ("pix", "Q", "size", "feat"))
+    U = torch.zeros(F, npix, dtype=torch.float64)
+    for o in range(pix.shape[0]):
+        s = int(size[o])
+        for i in range(s):
+            for j in range(s):
+                U[int(feat[o, i]), int(pix[o, j])] += float(Q[o, i, j])
+    return U

@@ -18,6 +18,14 @@ inline int resolve_threads(int requested) {
   return requested > 0 ? requested : omp_get_max_threads();
 }
 
+// Below this many element operations a parallel region costs more than it saves (waking
+// threads takes milliseconds on shared cores): run on the calling thread.
+constexpr long long kMinParallelWork = 1 << 15;
+
+inline int threads_for(int requested, long long work) {
+  return work < kMinParallelWork ? 1 : resolve_threads(requested);
+}
+
 template <typename T>
 struct PlainAdd {
   void operator()(T* p, T v) const { *p += v; }

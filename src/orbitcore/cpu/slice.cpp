@@ -108,7 +108,7 @@ __attribute__((noinline)) void backward_row(const T* g_plane, const T* w_plane, 
 template <typename T>
 void slice_forward(const T* vol, index_t V, int D, const T* rot, index_t B, int n, T radius2,
                    bool hermitian, T* out, int num_threads) {
-  const int nt = resolve_threads(num_threads);
+  const int nt = threads_for(num_threads, B * n * n);
   const index_t vs = index_t(D) * D * D;
   const int lo = freq_min(n);
   const index_t items = B * n;
@@ -124,7 +124,7 @@ template <typename T>
 void slice_backward(const T* g, const T* w, const T* vol, index_t V, index_t Vg, int D, const T* rot,
                     index_t B, int n, T radius2, bool hermitian, T* grad_vol, T* wvol,
                     T* grad_rot, int num_threads) {
-  int nt = resolve_threads(num_threads);
+  int nt = threads_for(num_threads, B * n * n);
   const index_t vs = index_t(D) * D * D;
   const index_t plane = index_t(n) * n;
   const int lo = freq_min(n);
@@ -196,7 +196,7 @@ void slice_backward(const T* g, const T* w, const T* vol, index_t V, index_t Vg,
 template <typename T>
 void sample_forward(const T* vol, index_t V, int D, const T* coords, index_t P, T* out,
                     int num_threads) {
-  const int nt = resolve_threads(num_threads);
+  const int nt = threads_for(num_threads, V * P);
   const index_t vs = index_t(D) * D * D;
   const index_t total = V * P;
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -209,7 +209,7 @@ void sample_forward(const T* vol, index_t V, int D, const T* coords, index_t P, 
 template <typename T>
 void sample_backward(const T* g, const T* vol, index_t V, int D, const T* coords, index_t P,
                      T* grad_vol, T* grad_coords, int num_threads) {
-  int nt = resolve_threads(num_threads);
+  int nt = threads_for(num_threads, V * P);
   const index_t vs = index_t(D) * D * D;
   if (grad_vol) std::fill(grad_vol, grad_vol + 2 * vs * V, T(0));
 
