@@ -25,5 +25,5 @@ run() {  # name, extra args
     cp "$WORK/$name/$f" "$dest/$name/"
   done
 }
-run voxel --model voxel --density free
-run fouriernet_grid --model fouriernet --query grid --density encoder --lr 1e-3
+[ "${SKIP_VOXEL:-0}" = 1 ] || run voxel --model voxel --density free
+run fouriernet_grid --model fouriernet --query grid --density free --lr 1e-3 --steps "${FN_STEPS:-1000}"
