@@ -26,4 +26,4 @@ run() {  # name, extra args
   done
 }
 [ "${SKIP_VOXEL:-0}" = 1 ] || run voxel --model voxel --density free
-run fouriernet_grid --model fouriernet --query grid --density free --lr 1e-3 --steps "${FN_STEPS:-1000}"
+run fouriernet_grid --model fouriernet --query grid --density free --lr "${FN_LR:-1e-4}" --steps "${FN_STEPS:-600}"

@@ -6,7 +6,6 @@ the true vMF density integrated by a rule exact to degree 23) against the data m
 """
 import argparse
 import json
-import sys
 
 import torch
 

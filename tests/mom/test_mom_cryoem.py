@@ -274,9 +274,6 @@ def test_checkpoint_resume_is_exact(tmp_path):
     kw = dict(model="fouriernet", hidden=16, steps=6, lr=1e-3, n_directions=12, n_inplane=4, verbose=False)
     full = ce.fit(mom, **kw)
 
-    class Stop(Exception):
-        pass
-
     def stop_at_3(step, rec):
         if step == 3:
             raise KeyboardInterrupt
