@@ -391,3 +391,25 @@ def test_cli_mom_cryoem_simulate_and_resume(tmp_path, capsys):
     assert cli.main(["mom-cryoem", "--particles", str(tmp_path / "nope.star"), "--out", str(tmp_path / "r3"),
                      "--quiet"]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_latent_fouriernet_fit_runs_and_resumes(tmp_path):
+    """The optional ξ^v branch: z_v from the moments feeds the FourierNet; gradients reach the
+    latent encoder (its last layer starts at zero, so only its bias/weight move at step 1)."""
+    vol = _two_gaussians(9)
+    mom = ce.simulate_moments(vol, 100, verbose=False)
+    res = ce.fit(mom, model="fouriernet", hidden=16, latent_dim=3, steps=3, lr=1e-3, n_directions=12,
+                 n_inplane=4, verbose=False)
+    head = res.model.latent.head[-1]
+    assert float(head.bias.abs().sum()) > 0
+    assert res.volume().shape == (9, 9, 9)
+
+
+def test_moments_from_star_file(shared_data):
+    star = shared_data / "relion31.star"
+    with pytest.warns(oc._validate.OrbitcoreWarning, match="CTF"):
+        mom = ce.moments_from_images(star, 33, verbose=False)
+    assert mom.count == 5 and mom.size == 33 and mom.pixel_size == pytest.approx(2.806 * 256 / 33, rel=1e-4)
+    imgs = oc.io.ParticleStack(star).images(np.arange(5))
+    M1r, M2r = _reference_moments(np.asarray(imgs, dtype=np.float64), 33, ce.default_radius(33), 0.0)
+    np.testing.assert_allclose(mom.M1.numpy(), M1r, rtol=0, atol=2e-5 * np.abs(M1r).max())

@@ -240,13 +240,9 @@ def _image_batches(fn: str, source, batch_size: int):
                 warnings.warn(f"{fn}: {path} has CTF parameters; the cryo-EM method of moments here models "
                               "CTF-free images (seeds/000 eq. 29) and uses the images as they are",
                               OrbitcoreWarning, stacklevel=3)
-            n0 = int(stack.images(np.array([0])).shape[-1])
-            px = None
-            try:
-                pxs = stack.table.pixel_size()
-                px = float(pxs[0]) if len(pxs) and np.isfinite(pxs[0]) else None
-            except (KeyError, ValueError):
-                px = None
+            n0 = int(stack.n)
+            pxs = stack.pixel_size  # (N,) Å per pixel, or None when the STAR file has none
+            px = float(pxs[0]) if pxs is not None and len(pxs) and math.isfinite(float(pxs[0])) else None
             return len(stack), n0, px, (b for _, b in stack.batches(batch_size)), str(path)
         if suffix in (".mrcs", ".mrc", ".st", ".map"):
             from ..io import mrc_info  # noqa: PLC0415
