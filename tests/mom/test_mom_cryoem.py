@@ -21,15 +21,6 @@ from orbitcore.physics import gaussian_mixture_volume
 from orbitcore.physics.projection import Projector, prepare_volume_ft
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The fits are small: one thread is several times faster than two on a loaded machine."""
-    t = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(t)
-
-
 def _two_gaussians(n: int) -> torch.Tensor:
     v = gaussian_mixture_volume(n, [[0.25 * n, 0.1 * n, 0.0], [-0.2 * n, -0.15 * n, 0.1 * n]],
                                 [0.1 * n, 0.08 * n], [1.0, 0.7], dtype=torch.float64)
@@ -210,9 +201,13 @@ def two_gaussian_fit():
     vmf = VonMisesFisherMixture.random(8, generator=torch.Generator().manual_seed(0))
     Qd, _ = so3_quadrature(exact_degree=15, inplane_offset=0.1, dtype=torch.float64)
     mom = _quadrature_moments(vol, vmf, Qd)
-    with torch.random.fork_rng(devices=[]):
-        torch.set_num_threads(1)
-        res = ce.fit(mom, model="voxel", density="free", steps=400, lr=1e-2, verbose=False)
+    threads = torch.get_num_threads()  # module-scoped: set up before tests/mom/conftest.py's one_thread
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            res = ce.fit(mom, model="voxel", density="free", steps=400, lr=1e-2, verbose=False)
+    finally:
+        torch.set_num_threads(threads)
     return vol, res
 
 
@@ -234,9 +229,13 @@ def four_gaussian_fit():
     vmf = VonMisesFisherMixture.random(8, generator=torch.Generator().manual_seed(0))
     Qd, _ = so3_quadrature(exact_degree=15, inplane_offset=0.1, dtype=torch.float64)
     mom = _quadrature_moments(vol, vmf, Qd)
-    with torch.random.fork_rng(devices=[]):
-        torch.set_num_threads(1)
-        res = ce.fit(mom, model="voxel", density="free", steps=400, lr=1e-2, verbose=False)
+    threads = torch.get_num_threads()  # module-scoped: set up before tests/mom/conftest.py's one_thread
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            res = ce.fit(mom, model="voxel", density="free", steps=400, lr=1e-2, verbose=False)
+    finally:
+        torch.set_num_threads(threads)
     return vol, res
 
 
