@@ -50,8 +50,8 @@ Status (measured on a 2-core CPU; docs/evidence/mom_cryoem/README.md). From nois
 the voxel model with a free density recovers four non-coplanar Gaussians at 11³ (FSC-0.5 at the
 band limit, aligned correlation 0.94; tests/mom). From 2·10⁵ noisy images (σ = 0.5) at 25³ it
 reaches 5.2 Å at FSC 0.5 (the paper: 4.45 Å with 5·10⁶ images). Two Gaussians (a volume with a
-continuous symmetry) and the 70S ribosome at 17³/25³ are *not* recovered: the fit matches the
-moments to their own sampling error with a wrong volume. FourierNet (grid query, lr 1e-4,
+continuous symmetry) and the 70S ribosome at 17³/25³ (N up to 5·10⁵, voxel and FourierNet +
+ξ^ρ) are *not* recovered: the fits reach about the truth's own moment errors with a wrong volume. FourierNet (grid query, lr 1e-4,
 600 steps) reaches 5.5 Å on the same 25³ data; with lr 1e-3 it does not train (the loss stays
 flat). The paper's schedule (10⁻⁵, 10⁻⁶ over 2 × 10,000 epochs) was not run at full length here.
 """
