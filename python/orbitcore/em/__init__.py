@@ -282,7 +282,7 @@ class EMOperator:
     ``theta`` (float64 ``(M,)``) parametrises the coefficients ``x = U theta`` (complex ``(M,)``) of
     real volumes in :class:`VolumeBasis` (``U`` an orthonormal real basis of the fixed points of
     :meth:`VolumeBasis.conjugate_mirror`); ``J_w`` is :meth:`Projector.images` applied to the
-    columns of ``U`` (eq. 16), so the E-step projections and the M-step matrices are the same
+    columns of ``U`` (eq. 16; built from :meth:`Projector.matrices`), so the E-step projections and the M-step matrices are the same
     operator. Memory ``K L^2 M`` doubles (``K = 552, L = 11, ell_max = 10``: 117 MB).
 
     Args:
@@ -319,9 +319,13 @@ class EMOperator:
         if keep.shape[1] != M:
             fail(fn, f"internal: the real-volume subspace has dimension {keep.shape[1]}, expected {M}")
         self.U = torch.complex(keep[:M], keep[M:])  # (M complex, M real)
-        wig = self.projector.wigner(R)
-        imgs = self.projector.images(self.U.T, wigner=wig)  # (M, K, L, L)
-        self.J = imgs.permute(1, 2, 3, 0).reshape(self.K, L * L, M).contiguous()  # (K, L^2, M)
+        # J_w = Re E(to_real(B_w U)): the PSWF coefficients of the projections of the basis columns
+        # (Projector.matrices, eq. 14) evaluated on the pixel grid, as Projector.images does.
+        B = self.projector.matrices(wigner=self.projector.wigner(R))  # (K, M_pswf, M_vol)
+        b = torch.matmul(B, self.U).transpose(1, 2)  # (K, M, M_pswf)
+        pswf = self.projector.pswf
+        imgs = pswf.evaluate(pswf.to_real(b).real)  # (K, M, L, L)
+        self.J = imgs.permute(0, 2, 3, 1).reshape(self.K, L * L, M).contiguous()  # (K, L^2, M)
         self._visible = None
 
     def theta_from_coefficients(self, x) -> torch.Tensor:
