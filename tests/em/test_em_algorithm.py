@@ -263,3 +263,28 @@ def test_bad_inputs():
         em.reconstruct(x, 1.0, L=7, ell_max=[2], S=1.5)
     with pytest.raises(ValueError, match="reconstruct: patches must have shape"):
         em.reconstruct(torch.zeros(4, 6, 6), 1.0, L=7)
+
+
+def test_cli_simulate_reconstruct_resume(tmp_path, capsys):
+    from orbitcore.cli import main
+    from orbitcore.io import read_mrc
+
+    sim = tmp_path / "sim"
+    assert main(["em", "simulate-micrographs", "--phantom", "shepp-logan", "--size", "7", "--N", "84", "--gamma",
+                 "0.1", "--snr", "5", "--ell-max", "2", "--out", str(sim)]) == 0
+    out = tmp_path / "rec" / "vol.mrc"
+    args = ["em", "reconstruct", "--micrographs", str(sim / "micrograph_000.mrc"), "--L", "7", "--ell-max", "1,2",
+            "--K", "12", "--iterations", "1,1", "--S", "1", "--sigma-from", str(sim / "truth.json"), "--out", str(out),
+            "--reference", str(sim / "volume.mrc")]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "ell_max  1 it   0  Q =" in text and "ell_max  2 it   0" in text and "FSC vs reference" in text
+    vol, _ = read_mrc(out)
+    assert vol.shape == (7, 7, 7)
+    assert (tmp_path / "rec" / "vol.ckpt").exists() and (tmp_path / "rec" / "vol_fsc.png").exists()
+    assert main(args + ["--resume"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    # a micrograph smaller than a patch: a clear error, no traceback
+    assert main(["em", "reconstruct", "--micrographs", str(sim / "micrograph_000.mrc"), "--L", "90", "--ell-max", "2",
+                 "--sigma", "1", "--out", str(out)]) == 1
+    assert "smaller than one patch" in capsys.readouterr().err
