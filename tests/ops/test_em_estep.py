@@ -163,3 +163,31 @@ def test_estep_bad_inputs(gen):
         ops_em.em_estep(x, g, 1.0, lp, support=sup)
     with pytest.raises(ValueError, match="em_estep.*patch_weights"):
         ops_em.em_estep(x, g, 1.0, lp, patch_weights=torch.ones(2, dtype=torch.float64))
+
+
+def test_binding_rejects_bad_k_lists():
+    """The binding checks every k-list entry on the CPU (the kernel never reads outside a patch)."""
+    from orbitcore import _ext
+
+    L, P, K = 3, 2, 2
+    D = (2 * L - 1) ** 2
+    x = torch.randn(P, L, L, dtype=torch.float64)
+    g = torch.randn(K, L, L, dtype=torch.float64)
+    klist, kstart = ops_em.k_lists(torch.ones(L, L, dtype=torch.bool))
+    f64 = dict(dtype=torch.float64)
+    outs = [torch.empty(P, **f64), torch.empty(P, **f64), torch.empty(K, D, **f64), torch.empty(K, L, L, **f64)]
+
+    def call(kl, ks):
+        _ext.C.em_estep(_ext.arg(x), _ext.arg(g), _ext.arg(ops_em.shift_norms(g)), _ext.arg(torch.zeros(D + 1, **f64)),
+                        _ext.arg(None), _ext.arg(kl), _ext.arg(ks), 0.5, *[_ext.arg(o) for o in outs],
+                        _ext.arg(None), _ext.arg(None), _ext.arg(None), 1, "auto", 0)
+
+    call(klist, kstart)  # the valid lists pass
+    bad = klist.clone()
+    bad[0] = 0  # displacement (-2, -2) meets only patch pixel (2, 2) = 8, not (0, 0)
+    with pytest.raises(ValueError, match="em_estep.*klist\\[0\\] = 0 is not a patch pixel"):
+        call(bad, kstart)
+    ks = kstart.clone()
+    ks[0] = 1
+    with pytest.raises(ValueError, match="em_estep.*kstart\\[0\\] must be 0"):
+        call(klist, ks)
