@@ -288,3 +288,15 @@ def test_cli_simulate_reconstruct_resume(tmp_path, capsys):
     assert main(["em", "reconstruct", "--micrographs", str(sim / "micrograph_000.mrc"), "--L", "90", "--ell-max", "2",
                  "--sigma", "1", "--out", str(out)]) == 1
     assert "smaller than one patch" in capsys.readouterr().err
+
+
+def test_picking_scores_support_variant():
+    sup = torch.zeros(L, L, dtype=torch.bool)
+    sup[2:5, 2:5] = True
+    # displacement (4, 4) shows rows/cols 4..6 of the projection: one support pixel (4, 4); (5, 5) none
+    t = torch.tensor([[4, 4], [5, 5], [L, L]])
+    p = torch.tensor([[L, L], [L, L], [L, L]])
+    sc = em.picking_scores(p, t, L, support=sup)
+    # signal-empty truth: patches 1, 2; picked empty: all three -> precision 2/3, recall 1
+    assert math.isclose(sc["f1_signal"], 0.8)
+    assert math.isclose(sc["f1"], 2 * (1 / 3) * 1 / (1 / 3 + 1))

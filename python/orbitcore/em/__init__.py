@@ -620,12 +620,37 @@ def pick_particles(op: EMOperator, patches, theta, log_prior, sigma: float, *, d
     return out
 
 
-def picking_scores(picked, truth, L: int) -> dict:
+def _sees_support(d: torch.Tensor, L: int, support: torch.Tensor) -> torch.Tensor:
+    """Whether a patch at displacement ``d (P, 2)`` shows any pixel of ``support (L, L)``."""
+    cs = torch.nn.functional.pad(support.to(torch.int64).cumsum(0).cumsum(1), (1, 0, 1, 0))
+    dd = d.clamp(-L, L)
+    r0, r1 = dd[:, 0].clamp(min=0), (L + dd[:, 0]).clamp(max=L)
+    c0, c1 = dd[:, 1].clamp(min=0), (L + dd[:, 1]).clamp(max=L)
+    r1, c1 = torch.maximum(r1, r0), torch.maximum(c1, c0)
+    n = cs[r1, c1] - cs[r0, c1] - cs[r1, c0] + cs[r0, c0]
+    return (n > 0) & (d[:, 0] != L)
+
+
+def picking_scores(picked, truth, L: int, support=None) -> dict:
     """§IV-B: F1 (eq. 39) for detecting empty patches (empty = positive) and the share of patches
     at least half occupied by a projection (``|d0|, |d1| < L/2`` in our displacement terms: the
-    paper's ``l < L/2`` or ``l > 3L/2``) whose picked displacement is within one pixel per axis."""
+    paper's ``l < L/2`` or ``l > 3L/2``) whose picked displacement is within one pixel per axis.
+
+    ``support`` (``(L, L)`` bool, e.g. :attr:`EMOperator.support`): also report ``f1_signal``, where
+    a patch (true or picked) counts as empty when it shows no pixel of the support (a patch that
+    meets only the corners of a disk-supported projection carries no signal and cannot be told
+    from an empty one)."""
     p = torch.as_tensor(picked)
     t = torch.as_tensor(truth)
+    extra = {}
+    if support is not None:
+        sup = torch.as_tensor(support, dtype=torch.bool)
+        pe_s, te_s = ~_sees_support(p, L, sup), ~_sees_support(t, L, sup)
+        tp_s = int((pe_s & te_s).sum())
+        prec_s = tp_s / max(1, int(pe_s.sum()))
+        rec_s = tp_s / max(1, int(te_s.sum()))
+        extra = {"f1_signal": 2 * prec_s * rec_s / (prec_s + rec_s) if prec_s + rec_s else 0.0,
+                 "empty_fraction_signal": float(te_s.float().mean())}
     pe, te = p[:, 0] == L, t[:, 0] == L
     tp = int((pe & te).sum())
     fp = int((pe & ~te).sum())
@@ -637,4 +662,4 @@ def picking_scores(picked, truth, L: int) -> dict:
     ok = half & ~pe & ((p - t).abs().amax(1) <= 1)
     acc = int(ok.sum()) / int(half.sum()) if int(half.sum()) else float("nan")
     return {"f1": f1, "precision": prec, "recall": rec, "shift_accuracy": acc,
-            "empty_fraction": float(te.float().mean()), "half_occupied": int(half.sum())}
+            "empty_fraction": float(te.float().mean()), "half_occupied": int(half.sum()), **extra}
