@@ -300,3 +300,18 @@ def test_picking_scores_support_variant():
     # signal-empty truth: patches 1, 2; picked empty: all three -> precision 2/3, recall 1
     assert math.isclose(sc["f1_signal"], 0.8)
     assert math.isclose(sc["f1"], 2 * (1 / 3) * 1 / (1 / 3 + 1))
+
+
+def test_e_step_bad_inputs(op):
+    x = torch.zeros(3, L, L, dtype=torch.float64)
+    lp = em.uniform_log_prior(L)
+    with pytest.raises(ValueError, match="e_step: theta must be a real vector"):
+        em.e_step(op, x, torch.zeros(op.M + 1), lp, 1.0)
+    with pytest.raises(ValueError, match="e_step: theta must be finite"):
+        em.e_step(op, x, torch.full((op.M,), float("nan")), lp, 1.0)
+    with pytest.raises(ValueError, match="e_step: log_prior must have shape"):
+        em.e_step(op, x, torch.zeros(op.M), lp[:-1], 1.0)
+    with pytest.raises(ValueError, match="e_step: patches must have shape"):
+        em.e_step(op, torch.zeros(3, L + 1, L + 1), torch.zeros(op.M), lp, 1.0)
+    with pytest.raises(ValueError, match="e_step: sigma"):
+        em.e_step(op, x, torch.zeros(op.M), lp, 0.0)

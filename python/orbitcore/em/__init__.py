@@ -401,6 +401,22 @@ def _check_patches(fn, patches, L):
     return x
 
 
+def _check_theta_prior(fn, op, theta, log_prior):
+    if not isinstance(op, EMOperator):
+        fail(fn, f"op must be an EMOperator, got {type(op).__name__}", TypeError)
+    th, _ = to_tensor(theta, fn, "theta")
+    if tuple(th.shape) != (op.M,) or th.is_complex():
+        fail(fn, f"theta must be a real vector of shape ({op.M},) (EMOperator.M), got {th.dtype} {tuple(th.shape)}")
+    V.check_finite(fn, "theta", th)
+    lp, _ = to_tensor(log_prior, fn, "log_prior")
+    D = (2 * op.L - 1) ** 2
+    if tuple(lp.shape) != (D + 1,):
+        fail(fn, f"log_prior must have shape (D + 1,) = ({D + 1},) for L = {op.L}, got {tuple(lp.shape)}")
+    if bool(torch.isnan(lp).any()) or bool((lp == math.inf).any()):
+        fail(fn, "log_prior must not contain NaN or +inf")
+    return th.detach().to(torch.float64), lp.detach().to(torch.float64)
+
+
 def e_step(op: EMOperator, patches, theta, log_prior, sigma: float, *, posterior: bool = False,
            dtype=torch.float32) -> Statistics:
     """E-step (eq. 22–24) for all patches, shifts and the ``K`` rotations of ``op``.
@@ -414,9 +430,11 @@ def e_step(op: EMOperator, patches, theta, log_prior, sigma: float, *, posterior
     fn = "e_step"
     x = _check_patches(fn, patches, op.L)
     s = V.check_float(fn, "sigma", sigma, positive=True)
-    g = op.projections(theta, dtype)
-    r = ops_em.em_estep(x.to(dtype), g, s, torch.as_tensor(log_prior).to(dtype), support=op.support,
-                        posterior=posterior)
+    th, lp = _check_theta_prior(fn, op, theta, log_prior)
+    if dtype not in (torch.float32, torch.float64):
+        fail(fn, f"dtype must be torch.float32 or torch.float64, got {dtype}", TypeError)
+    g = op.projections(th, dtype)
+    r = ops_em.em_estep(x.to(dtype), g, s, lp.to(dtype), support=op.support, posterior=posterior)
     xd = x.to(torch.float64)
     return Statistics(n=float(x.shape[0]), energy=float(xd.pow(2).sum()), shift_weights=r.shift_weights,
                       empty=float(r.empty_posterior.sum()), backprojection=r.backprojection,
@@ -444,10 +462,9 @@ def q_value(op: EMOperator, stats: Statistics, theta, log_prior, sigma: float, n
             + sum_k W_k log rho_k + W_e log rho_e - (n - W_e) log K
 
     (``E = sum_p ||I_p||^2``; the empty shifts as one state, its rotations marginalised)."""
+    th, lp = _check_theta_prior("q_value", op, theta, log_prior)
+    s2 = V.check_float("q_value", "sigma", sigma, positive=True) ** 2
     A, y = normal if normal is not None else normal_equations(op, stats)
-    th = torch.as_tensor(theta, dtype=torch.float64)
-    lp = torch.as_tensor(log_prior, dtype=torch.float64)
-    s2 = float(sigma) ** 2
     quad = stats.energy - 2 * float(y @ th) + float(th @ (A @ th))
     Wk = stats.shift_weights.sum(0)
 
