@@ -191,3 +191,23 @@ def test_binding_rejects_bad_k_lists():
     ks[0] = 1
     with pytest.raises(ValueError, match="em_estep.*kstart\\[0\\] must be 0"):
         call(klist, ks)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_estep_cuda_matches_bruteforce(dtype, gen):
+    L, P, K = 5, 9, 37
+    yy, xx = torch.meshgrid(torch.arange(L), torch.arange(L), indexing="ij")
+    support = ((yy - L // 2) ** 2 + (xx - L // 2) ** 2) <= (L // 2) ** 2
+    x, g = _problem(L, P, K, gen, support=support)
+    rho = _rho_full(L, gen)
+    out = ref.em_estep_reference(x, g, 0.9, rho)
+    sw_ref, sp_ref, ep_ref = _fold_reference(out, L)
+    lp = _log_prior_from_full(rho)
+    r = ops_em.em_estep(x.to("cuda", dtype), g.to("cuda", dtype), 0.9, lp.to(dtype), support=support, posterior=True)
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-3 * P)
+    torch.testing.assert_close(r.log_evidence.cpu(), out["log_evidence"], **tol)
+    torch.testing.assert_close(r.shift_weights.cpu(), sw_ref, **tol)
+    torch.testing.assert_close(r.empty_posterior.cpu(), ep_ref, **tol)
+    torch.testing.assert_close(r.shift_posterior.cpu(), sp_ref, **tol)
+    torch.testing.assert_close(r.backprojection.cpu(), out["backprojection"] * support, **tol)
