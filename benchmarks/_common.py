@@ -17,7 +17,12 @@ import sys
 import time
 from typing import Callable
 
-import torch
+# libgomp's default active spin-wait makes every OpenMP region cost milliseconds on shared cores
+# (see RESULTS.md, "Note on threads"); both sides of every comparison run under the same setting,
+# and an explicit value in the environment wins. Must be set before torch loads libgomp.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -37,6 +42,8 @@ def machine() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     try:
         import orbitcore  # noqa: PLC0415

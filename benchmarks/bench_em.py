@@ -30,9 +30,9 @@ import resource
 import sys
 import time
 
-import torch
+from _common import emit, parser, setup_threads  # first: sets OMP_WAIT_POLICY before torch loads libgomp
 
-from _common import emit, parser, setup_threads
+import torch  # noqa: E402
 
 from orbitcore import em
 from orbitcore.physics.volumes import shepp_logan_3d

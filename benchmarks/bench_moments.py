@@ -30,11 +30,12 @@ import subprocess
 import sys
 import time
 
-import torch
+from _common import emit, parser, setup_threads, timeit  # first: sets OMP_WAIT_POLICY before torch loads libgomp
+
+import torch  # noqa: E402
 
 import orbitcore as oc
 from orbitcore import fourier
-from _common import emit, parser, setup_threads, timeit
 
 
 def baseline_accumulate(batches, mask, m):

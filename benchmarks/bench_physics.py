@@ -20,10 +20,11 @@ from __future__ import annotations
 import math
 import time
 
-import torch
+from _common import emit, parser, setup_threads, timeit  # first: sets OMP_WAIT_POLICY before torch loads libgomp
+
+import torch  # noqa: E402
 
 import orbitcore as oc
-from _common import emit, parser, setup_threads, timeit
 from orbitcore import fourier
 from orbitcore.geometry import random_rotations
 from orbitcore.physics import pseudo_molecule, pseudo_molecule_atoms, gaussian_mixture_volume, simulate_particles

@@ -10,10 +10,11 @@ processes for two batch sizes: it must not grow with B beyond the output and its
 """
 from __future__ import annotations
 
-import torch
+from _common import emit, parser, peak_rss_of, setup_threads, timeit  # first: sets OMP_WAIT_POLICY before torch loads libgomp
+
+import torch  # noqa: E402
 
 import orbitcore as oc
-from _common import emit, parser, peak_rss_of, setup_threads, timeit
 
 
 def plane_grid(R: torch.Tensor, n: int, D: int) -> torch.Tensor:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import time
 
-import torch
+from _common import emit, parser, setup_threads  # first: sets OMP_WAIT_POLICY before torch loads libgomp
 
-from _common import emit, parser, setup_threads
+import torch  # noqa: E402
 
 from orbitcore import em
 from orbitcore.io.mrc import atomic_path
