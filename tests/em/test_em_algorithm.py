@@ -333,3 +333,12 @@ def test_end_to_end_shepp_logan_from_random_start():
     al = align_volumes(truth, vol, refine_size=None)
     curve = fsc(truth, al.aligned).curve
     assert float(curve[3]) > 0.5, curve
+
+
+def test_frequency_marching_lift_keeps_the_volume(gen):
+    R = em.rotation_grid(5)
+    small, big = em.EMOperator(L, 1, R), em.EMOperator(L, ELL, R)
+    theta = small.random_theta(gen)
+    lifted = em._lift(small, theta, big)
+    torch.testing.assert_close(big.volume(lifted), small.volume(theta), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(big.projections(lifted), small.projections(theta), rtol=1e-10, atol=1e-10)

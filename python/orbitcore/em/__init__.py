@@ -141,7 +141,8 @@ def simulate_micrographs(volume, N: int, *, n_micrographs: int = 1, gamma: float
             the EM, eq. 16) or ``"volume"`` (first method: projections of the full volume by
             :func:`orbitcore.physics.project`, the noisy micrograph then Fourier-downsampled by
             ``Lv / L``; the reported ``sigma`` is rescaled by ``L / Lv``, the noise standard deviation
-            after downsampling).
+            after downsampling; the ground-truth ``locations`` are the full-resolution corners divided by
+            ``Lv / L`` and rounded down, so they are exact only to within a pixel).
         separation: minimum Chebyshev distance between top-left corners (default ``2L - 1``, eq. 5,
             which guarantees at most one projection per patch; ``L`` allows any non-overlapping
             spacing, §IV-C).
