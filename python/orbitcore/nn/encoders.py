@@ -10,6 +10,10 @@ connected heads (ReLU, hidden sizes 512 and 256 as in the paper) predicting
 
 The paper's channel widths (64, 128, 256, 1024, 2048 for 128² inputs) are a GPU-scale choice;
 the default here (32, 64, 128, 256) suits CPU runs at n = 64. Both are a constructor argument.
+
+``RotationLayer`` is CryoAI's "rotation" layer (supp. B, Fig. S1): it duplicates each image and
+rotates one copy by π in-plane (exactly, :func:`orbitcore.physics.rotate180`), concatenating
+the copies batch-wise, for the symmetric loss (eq. 10).
 """
 from __future__ import annotations
 
@@ -49,6 +53,19 @@ class GaussianFilterBank(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.pad(x, (self.pad,) * 4, mode="reflect" if x.shape[-1] > self.pad else "replicate")
         return nn.functional.conv2d(x, self.weight.to(x.dtype))
+
+
+class RotationLayer(nn.Module):
+    """``(B, n, n) → (2B, n, n)``: the images followed by their exact in-plane π rotations
+    (CryoAI supp. B "rotation" layer; ``rotate180`` maps pose ``R`` to ``R · Rz(π)`` and shift
+    ``t`` to ``-t``). Works on real images and centred Fourier images alike."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 3 or images.shape[-1] != images.shape[-2]:
+            fail("RotationLayer", f"images must have shape (B, n, n), got {tuple(images.shape)}")
+        from ..physics.transforms import rotate180  # noqa: PLC0415
+
+        return torch.cat((images, rotate180(images)), 0)
 
 
 class DoubleConv(nn.Sequential):
