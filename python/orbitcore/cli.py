@@ -14,6 +14,7 @@ _COMMAND_MODULES = [
     "orbitcore.demo",
     "orbitcore.physics._cli",
     "orbitcore.metrics._cli",
+    "orbitcore.amortized._cli",
 ]
 
 
