@@ -16,6 +16,7 @@ _COMMAND_MODULES = [
     "orbitcore.metrics._cli",
     "orbitcore.mom._cli",
     "orbitcore.em._cli",
+    "orbitcore.amortized._cli",
 ]
 
 
