@@ -19,8 +19,12 @@ from typing import Callable
 
 # libgomp's default active spin-wait makes every OpenMP region cost milliseconds on shared cores
 # (see RESULTS.md, "Note on threads"); both sides of every comparison run under the same setting,
-# and an explicit value in the environment wins. Must be set before torch loads libgomp.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# and an explicit value in the environment wins (``OMP_WAIT_POLICY=default`` runs under libgomp's
+# own default: spin briefly, then sleep). Must be set before torch loads libgomp.
+if os.environ.get("OMP_WAIT_POLICY", "").lower() == "default":
+    del os.environ["OMP_WAIT_POLICY"]
+else:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
@@ -42,7 +46,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "libgomp default"),
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     try:

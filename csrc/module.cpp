@@ -15,6 +15,7 @@ namespace binding {
 void bind_slice(py::module_& m);
 void bind_moments(py::module_& m);
 void bind_pswf(py::module_& m);
+void bind_em(py::module_& m);
 }  // namespace binding
 }  // namespace orbitcore
 
@@ -37,4 +38,5 @@ PYBIND11_MODULE(_C, m) {
   bind_slice(m);
   bind_moments(m);
   bind_pswf(m);
+  bind_em(m);
 }

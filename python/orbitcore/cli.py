@@ -16,6 +16,8 @@ _COMMAND_MODULES = [
     "orbitcore.metrics._cli",
     "orbitcore.mom._cli",
     "orbitcore.mom._cli_cryoem",
+    "orbitcore.em._cli",
+    "orbitcore.amortized._cli",
 ]
 
 

@@ -166,3 +166,124 @@ def downsample(x, m: int, ndim: int = 2):
     f = fourier_crop(f, m, ndim)
     out = ifftc(f, ndim).real * (m / n) ** ndim
     return from_tensor(out.to(dt.dtype), kind)
+
+
+# ----------------------------------------------------------------------------------------------
+# Centred FT of a zero-padded real volume, with pruned real FFTs
+# ----------------------------------------------------------------------------------------------
+def _place(x: torch.Tensor, dim: int, N: int) -> torch.Tensor:
+    """Zero-pad axis ``dim`` of side ``D`` to ``N`` in FFT order: index ``j`` goes to
+    ``(j - D // 2) mod N`` (the centred volume, origin at ``D // 2``, ``ifftshift``-ed)."""
+    D = x.shape[dim]
+    h = D // 2
+    shape = list(x.shape)
+    shape[dim] = N - D
+    parts = [x.narrow(dim, h, D - h), x.new_zeros(shape)]
+    if h:
+        parts.append(x.narrow(dim, 0, h))
+    return torch.cat(parts, dim)
+
+
+def _crop(x: torch.Tensor, dim: int, D: int) -> torch.Tensor:
+    """Adjoint of :func:`_place`: the ``D`` entries of an FFT-ordered axis back in centred order."""
+    N = x.shape[dim]
+    h = D // 2
+    parts = ([x.narrow(dim, N - h, h)] if h else []) + [x.narrow(dim, 0, D - h)]
+    return torch.cat(parts, dim)
+
+
+def _mirror_zy(src: torch.Tensor, conj: bool = False) -> torch.Tensor:
+    """``M[..., cz, cy, :] = src[..., (N - cz) % N, (N - cy) % N, :]`` (the centred index of
+    ``-k`` for even ``N``), optionally conjugated: one flip and four block copies (no gather,
+    no roll, which cost several passes)."""
+    F = src.flip((-3, -2))  # F[i, j] = src[N-1-i, N-1-j]  =>  M[i, j] = F[i-1, j-1] (cyclic)
+    if conj:
+        F = F.conj()
+    M = torch.empty(F.shape, dtype=F.dtype, device=F.device)
+    M[..., 1:, 1:, :] = F[..., :-1, :-1, :]
+    M[..., :1, 1:, :] = F[..., -1:, :-1, :]
+    M[..., 1:, :1, :] = F[..., :-1, -1:, :]
+    M[..., :1, :1, :] = F[..., -1:, -1:, :]
+    return M
+
+
+def _checker(D: int, dtype, device) -> torch.Tensor:
+    """``(-1)^((jz - D//2) + (jy - D//2))`` on ``(D, D, 1)``: modulating the input by it centres
+    the spectrum in kz and ky (for even N), replacing two ``fftshift`` passes."""
+    s = 1.0 - 2.0 * ((torch.arange(D, device=device) - D // 2) % 2)
+    return (s[:, None, None] * s[None, :, None]).to(dtype)
+
+
+class _PaddedFFT3(torch.autograd.Function):
+    """x real (..., D, D, D) -> centred FT of its centred zero-padding to N³ (complex), even N."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, N: int) -> torch.Tensor:
+        D = x.shape[-1]
+        ctx.D, ctx.N = D, N
+        h = N // 2
+        # pruned transforms: x first (real FFT on the D² non-zero lines), then y, then z
+        xs = x * _checker(D, x.dtype, x.device)
+        H = torch.fft.rfft(_place(xs, -1, N), dim=-1)           # (..., D, D, h+1)
+        H = torch.fft.fft(_place(H, -2, N), dim=-2)             # (..., D, N, h+1)
+        H = torch.fft.fft(_place(H, -3, N), dim=-3)             # (..., N, N, h+1), centred kz, ky
+        # kx < 0 from Hermitian symmetry: V(kz, ky, -j) = conj V(-kz, -ky, j), j = h .. 1
+        neg = _mirror_zy(H[..., 1:h + 1].flip(-1), conj=True)
+        return torch.cat((neg, H[..., :h]), -1)
+
+    @staticmethod
+    def backward(ctx, G: torch.Tensor):
+        D, N = ctx.D, ctx.N
+        h = N // 2
+        # d Re<F x, G> / dx = Re(F^H G) on the D³ support = F^H of the Hermitian part of G,
+        # evaluated from its kx >= 0 half with pruned inverse transforms (irfft last).
+        Gp = torch.cat((G[..., h:], G[..., :1]), -1)             # kx = 0 .. h (h wraps to index 0)
+        Gn = _mirror_zy(G[..., :h + 1].flip(-1), conj=True)      # conj G(-k) for kx = 0 .. h
+        Gh = 0.5 * (Gp + Gn)
+        g = _crop(torch.fft.ifft(Gh, dim=-3), -3, D)
+        g = _crop(torch.fft.ifft(g, dim=-2), -2, D)
+        g = _crop(torch.fft.irfft(g, n=N, dim=-1), -1, D)
+        return g * (_checker(D, g.dtype, g.device) * float(N) ** 3), None
+
+
+def fft3c_padded(volume, N: int):
+    """Centred FT of a real volume zero-padded to ``N³``: ``fft3c(pad(volume))``, fast.
+
+    The volume ``(..., D, D, D)`` (origin at ``D // 2``) is placed at the centre of an ``N³``
+    box (origin at ``N // 2``), as RELION pads before projecting. Computed with pruned real
+    FFTs for even ``N`` (a real FFT along x over the ``D²`` non-zero lines, then y over
+    ``D · (N//2 + 1)`` lines, then z; the centring by modulation instead of ``fftshift``; the
+    ``kx < 0`` half from Hermitian symmetry), about 3× fewer operations and memory passes than
+    ``fft3c`` of the padded array; the backward pass (gradient to the real volume) is pruned
+    the same way. Equal to ``fft3c`` of the padded volume to rounding. Odd ``N`` uses the
+    plain definition.
+
+    Args:
+        volume: real ``(..., D, D, D)`` indexed ``[z, y, x]``.
+        N: padded side, ``N >= D``.
+
+    Returns:
+        complex ``(..., N, N, N)``, centred (DC at ``N // 2``); differentiable with respect to
+        ``volume``. Same kind (torch / NumPy) as the input.
+    """
+    fn = "fft3c_padded"
+    t, kind = to_tensor(volume, fn, "volume")
+    if t.is_complex():
+        fail(fn, "volume must be real (use fft3c for complex volumes), got a complex array", TypeError)
+    if t.dim() < 3 or not (t.shape[-1] == t.shape[-2] == t.shape[-3]):
+        fail(fn, f"volume must have shape (..., D, D, D), got {tuple(t.shape)}")
+    N = check_int(fn, "N", N, minimum=1)
+    if N < t.shape[-1]:
+        fail(fn, f"N must be >= the volume side {t.shape[-1]}, got {N}")
+    if not t.is_floating_point():
+        t = t.to(torch.float32)
+    if N % 2:  # odd boxes (rare): the plain definition
+        pad = t.new_zeros(t.shape[:-3] + (N, N, N))
+        o = N // 2 - t.shape[-1] // 2
+        D = t.shape[-1]
+        pad[..., o:o + D, o:o + D, o:o + D] = t
+        return from_tensor(fft3c(pad), kind)
+    return from_tensor(_PaddedFFT3.apply(t, N), kind)
+
+
+__all__.append("fft3c_padded")

@@ -93,6 +93,9 @@ def test_downsampling_and_normalisation(tmp_path):
     assert dg.mean == pytest.approx(float(allx.mean())) and dg.std == pytest.approx(float(allx.std()))
     de = ParticleStack(p, normalize=(1.0, 2.0))
     torch.testing.assert_close(de[0]["image"], (ParticleStack(p)[0]["image"] - 1.0) / 2.0)
+    dr = ParticleStack(p, normalize="rms")  # scale only: the mean (the DC term) is kept
+    assert dr.mean == 0.0 and dr.std == pytest.approx(float(allx.pow(2).mean().sqrt()))
+    torch.testing.assert_close(dr.images(np.arange(6)).double(), allx / float(allx.pow(2).mean().sqrt()))
 
 
 def test_dataloader_with_workers(tmp_path):
@@ -125,7 +128,7 @@ def test_bad_arguments(tmp_path):
     p, _ = make_dataset(tmp_path, ROWS)
     with pytest.raises(ValueError, match=r"ParticleStack: size must be <= the image size 16"):
         ParticleStack(p, size=32)
-    with pytest.raises(ValueError, match=r"ParticleStack: normalize must be None, 'image', 'global' or \(mean, std\)"):
+    with pytest.raises(ValueError, match=r"ParticleStack: normalize must be None, 'image', 'global', 'rms' or \(mean, std\)"):
         ParticleStack(p, normalize="zscore")
     with pytest.raises(TypeError, match=r"ParticleStack: particles must be a STAR/.cs path or a ParticleTable"):
         ParticleStack(42)

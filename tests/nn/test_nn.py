@@ -100,3 +100,36 @@ def test_bad_inputs():
         GaussianFilterBank(3, 10)
     with pytest.raises(ValueError, match=r"FourierNet: k must have shape \(\.\.\., 3\)"):
         FourierNet(8, hidden=8)(torch.zeros(4, 2))
+
+
+def test_batch_whitening_gives_identity_covariance_and_tracks_statistics():
+    from orbitcore.nn import BatchWhitening
+
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    x = torch.randn(512, 6, generator=g, dtype=torch.float64) @ A.T + torch.arange(6.0, dtype=torch.float64)
+    w = BatchWhitening(6, momentum=1.0, eps=0.0).double()
+    y = w(x)
+    torch.testing.assert_close(y.mean(0), torch.zeros(6, dtype=torch.float64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(torch.cov(y.T), torch.eye(6, dtype=torch.float64), atol=1e-10, rtol=0)
+    # momentum 1: the running estimates are this batch's, so evaluation mode gives the same map
+    w.eval()
+    torch.testing.assert_close(w(x), y)
+    # differentiable (through the Cholesky factor) in training mode
+    w.train()
+    xr = x[:20].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: BatchWhitening(6, eps=1e-3).double()(v), (xr,), fast_mode=True)
+    with pytest.raises(ValueError, match=r"BatchWhitening: input must have shape \(B, 6\)"):
+        w(torch.zeros(3, 5, dtype=torch.float64))
+
+
+def test_whitened_s2s2_head_spreads_initial_poses():
+    # Gram-Schmidt of whitened 6-vectors: the predicted viewing directions of different images
+    # are spread over the sphere from the start (mean direction far from unit length)
+    torch.manual_seed(0)
+    x = torch.randn(256, 16, 16)
+    enc = PoseEncoder(16, channels=(4, 8), hidden=(16,), whiten_rotation=True)
+    R, _ = enc(x)
+    assert float(R.detach()[:, :, 2].mean(0).norm()) < 0.3
+    eye = torch.eye(3).expand(256, 3, 3)
+    torch.testing.assert_close(R.transpose(1, 2) @ R, eye, atol=1e-5, rtol=0)

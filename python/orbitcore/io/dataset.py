@@ -34,7 +34,11 @@ class ParticleStack(torch.utils.data.Dataset):
             ``n / size``, shifts in pixels shrink by ``size / n``). Default: no downsampling.
         normalize: ``None``; ``"image"`` (each image to zero mean, unit standard deviation);
             ``"global"`` (one mean/std for the stack, estimated from up to 1000 evenly spaced
-            images, kept in ``.mean`` / ``.std``); or an explicit ``(mean, std)``.
+            images, kept in ``.mean`` / ``.std``); ``"rms"`` (divide by the stack's
+            root-mean-square pixel value, same estimate, no mean subtraction: ``.mean`` is 0 —
+            what an image-formation model needs, since subtracting a constant from every pixel
+            changes only the DC term, which no volume inside the box can reproduce); or an
+            explicit ``(mean, std)``.
         dtype: of the images returned (float32 default).
 
     Items (``stack[i]``) are dicts: ``image`` ``(size, size)``, ``index`` (row), ``pixel_size``
@@ -111,18 +115,23 @@ class ParticleStack(torch.utils.data.Dataset):
             pass
         elif normalize == "image":
             self._per_image = True
-        elif normalize == "global":
+        elif normalize in ("global", "rms"):
             sel = np.unique(np.linspace(0, len(self) - 1, min(len(self), 1000)).round().astype(np.int64))
             x = self._read(sel).to(torch.float64)
-            self.mean, self.std = float(x.mean()), float(x.std())
-            if not self.std > 0:
-                fail(fn, "normalize='global': the images are constant (std 0)")
+            if normalize == "global":
+                self.mean, self.std = float(x.mean()), float(x.std())
+                if not self.std > 0:
+                    fail(fn, "normalize='global': the images are constant (std 0)")
+            else:
+                self.mean, self.std = 0.0, float(x.pow(2).mean().sqrt())
+                if not self.std > 0:
+                    fail(fn, "normalize='rms': the images are all zero")
         elif isinstance(normalize, (tuple, list)) and len(normalize) == 2:
             self.mean, self.std = float(normalize[0]), float(normalize[1])
             if not self.std > 0:
                 fail(fn, f"normalize=(mean, std) needs std > 0, got {normalize!r}")
         else:
-            fail(fn, f"normalize must be None, 'image', 'global' or (mean, std), got {normalize!r}")
+            fail(fn, f"normalize must be None, 'image', 'global', 'rms' or (mean, std), got {normalize!r}")
 
     def __len__(self) -> int:
         return len(self._idx)

@@ -111,6 +111,7 @@ def plot_convergence(path, curves: dict, title: str | None = None, floors: dict 
     if any(len(c["v_error"]) > 300 for c in curves.values()):
         for ax in axes:
             ax.set_xscale("symlog", linthresh=10)
+            ax.set_xlim(left=0)
     return _save(fig, plt, path)
 
 

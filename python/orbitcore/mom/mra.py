@@ -843,6 +843,14 @@ def align_to_moments(M1_hat, M2_hat, v, rho, lam: float = 1.0) -> tuple[int, tor
     return int(losses.argmin()), losses.cpu()
 
 
+def _new_history(truth) -> dict:
+    """Empty per-iteration history: loss and eq. 22 errors, plus eq. 21 errors given the truth."""
+    keys = ("loss", "m1_error", "m2_error")
+    if truth is not None:
+        keys += ("v_error", "rho_error", "v_error_continuous", "rho_error_continuous")
+    return {k: [] for k in keys}
+
+
 def _record(hist: dict, loss: float, M1, M2, v, rho, truth) -> None:
     with torch.no_grad():
         P1, P2 = population_moments(v.detach().double(), rho.detach().double())
@@ -917,9 +925,7 @@ def reconstruct(M1_hat, M2_hat, encoder: MRAEncoder | None = None, *, iters: int
             v0, rho0 = enc(Mi1, Mi2)
         shift, _ = align_to_moments(M1, M2, v0, rho0, lam)
     opt = torch.optim.Adam(enc.parameters(), lr=lr, foreach=True)
-    hist = {k: [] for k in ("loss", "m1_error", "m2_error")}
-    if truth is not None:
-        hist.update(v_error=[], rho_error=[], v_error_continuous=[], rho_error_continuous=[])
+    hist = _new_history(truth)
     for it in tqdm(range(iters + 1), desc="refine", disable=not verbose):
         z_v, z_rho = enc(Mi1, Mi2)
         v = torch.roll(z_v, shift)
@@ -969,9 +975,7 @@ def fit_moments_classical(M1_hat, M2_hat, *, restarts: int = 5, iters: int = 100
         v = (a / math.sqrt(n) * torch.randn(n, generator=gen, dtype=torch.float64)).requires_grad_()
         logits = torch.randn(n, generator=gen, dtype=torch.float64).requires_grad_()
         opt = torch.optim.Adam([v, logits], lr=lr)
-        hist = {k: [] for k in ("loss", "m1_error", "m2_error")}
-        if truth is not None:
-            hist.update(v_error=[], rho_error=[], v_error_continuous=[], rho_error_continuous=[])
+        hist = _new_history(truth)
         for it in range(iters + 1):
             rho = torch.softmax(logits, 0)
             loss = reconstruction_loss(M1, M2, v, rho, lam)

@@ -10,6 +10,10 @@ connected heads (ReLU, hidden sizes 512 and 256 as in the paper) predicting
 
 The paper's channel widths (64, 128, 256, 1024, 2048 for 128² inputs) are a GPU-scale choice;
 the default here (32, 64, 128, 256) suits CPU runs at n = 64. Both are a constructor argument.
+
+``RotationLayer`` is CryoAI's "rotation" layer (supp. B, Fig. S1): it duplicates each image and
+rotates one copy by π in-plane (exactly, :func:`orbitcore.physics.rotate180`), concatenating
+the copies batch-wise, for the symmetric loss (eq. 10).
 """
 from __future__ import annotations
 
@@ -51,6 +55,54 @@ class GaussianFilterBank(nn.Module):
         return nn.functional.conv2d(x, self.weight.to(x.dtype))
 
 
+class RotationLayer(nn.Module):
+    """``(B, n, n) → (2B, n, n)``: the images followed by their exact in-plane π rotations
+    (CryoAI supp. B "rotation" layer; ``rotate180`` maps pose ``R`` to ``R · Rz(π)`` and shift
+    ``t`` to ``-t``). Works on real images and centred Fourier images alike."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 3 or images.shape[-1] != images.shape[-2]:
+            fail("RotationLayer", f"images must have shape (B, n, n), got {tuple(images.shape)}")
+        from ..physics.transforms import rotate180  # noqa: PLC0415
+
+        return torch.cat((images, rotate180(images)), 0)
+
+
+class BatchWhitening(nn.Module):
+    """Whitening across the batch: ``(B, d) → (B, d)`` with zero mean and identity covariance
+    (``x ↦ (x − μ) L⁻ᵀ`` with ``Σ + εI = L Lᵀ``, Cholesky; decorrelated batch normalisation).
+    Training mode uses the batch's ``μ, Σ`` (differentiably) and updates running estimates
+    (``momentum``); evaluation mode uses the running estimates."""
+
+    def __init__(self, d: int, *, momentum: float = 0.1, eps: float = 1e-3):
+        super().__init__()
+        self.d = check_int("BatchWhitening", "d", d, minimum=1)
+        self.momentum, self.eps = float(momentum), float(eps)
+        self.register_buffer("running_mean", torch.zeros(self.d))
+        self.register_buffer("running_cov", torch.eye(self.d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.d:
+            fail("BatchWhitening", f"input must have shape (B, {self.d}), got {tuple(x.shape)}")
+        eye = torch.eye(self.d, dtype=x.dtype, device=x.device)
+        if self.training:
+            if x.shape[0] < 2:
+                fail("BatchWhitening", f"training needs a batch of at least 2, got {x.shape[0]}")
+            mu = x.mean(0)
+            xc = x - mu
+            cov = xc.T @ xc / (x.shape[0] - 1)
+            with torch.no_grad():
+                self.running_mean.lerp_(mu.detach().to(self.running_mean), self.momentum)
+                self.running_cov.lerp_(cov.detach().to(self.running_cov), self.momentum)
+        else:
+            mu = self.running_mean.to(x)
+            xc = x - mu
+            cov = self.running_cov.to(x)
+        L = torch.linalg.cholesky(cov + self.eps * eye)
+        # (x - mu) L^{-T}: solve L y^T = (x - mu)^T
+        return torch.linalg.solve_triangular(L, xc.T, upper=False).T
+
+
 class DoubleConv(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, batch_norm: bool = True):
         layers = [nn.Conv2d(c_in, c_out, 3, padding=1)]
@@ -83,11 +135,18 @@ class PoseEncoder(nn.Module):
         hidden: hidden sizes of the two heads.
         max_shift: translations are ``max_shift · tanh(·)`` pixels (None: unbounded linear output).
         batch_norm: batch normalisation in the convolution blocks.
+        whiten_rotation: whiten the raw rotation output across the batch
+            (:class:`BatchWhitening`: zero mean, identity covariance; running statistics at
+            evaluation). For ``"s2s2"`` this is a pose prior: the Gram–Schmidt frame of two
+            independent isotropic Gaussian 3-vectors is uniformly distributed on SO(3), so
+            whitened outputs cannot collapse onto one orientation, the stable failure of
+            amortized training from scratch (every predicted viewing direction equal, the
+            volume the mean image extruded along it). Not in the papers; off by default here.
     """
 
     def __init__(self, n: int, channels: tuple[int, ...] = (32, 64, 128, 256), filters: int = 5,
                  rotation: str = "s2s2", hidden: tuple[int, ...] = (512, 256), max_shift: float | None = None,
-                 batch_norm: bool = True):
+                 batch_norm: bool = True, whiten_rotation: bool = False):
         super().__init__()
         fn = "PoseEncoder"
         self.n = check_int(fn, "n", n, minimum=4)
@@ -107,6 +166,8 @@ class PoseEncoder(nn.Module):
         side = self.n >> len(channels)
         d = c * side * side
         self.rotation_head = _mlp(d, tuple(hidden), ROTATION_HEADS[rotation])
+        if whiten_rotation:
+            self.rotation_head.append(BatchWhitening(ROTATION_HEADS[rotation]))
         self.translation_head = _mlp(d, tuple(hidden), 2)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:

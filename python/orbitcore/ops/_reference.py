@@ -5,6 +5,8 @@ torch autograd, so the tests also take reference gradients from here. Use float6
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -225,3 +227,53 @@ def pswf_fold_matrix(tables: dict, npix: int, F: int) -> torch.Tensor:
             for j in range(s):
                 U[int(feat[o, i]), int(pix[o, j])] += float(Q[o, i, j])
     return U
+
+
+# ----------------------------------------------------------------------------------------------
+# EM patch likelihoods (seeds/002 eq. 18-25), by explicit zero-padding, circular shifting and
+# cropping over the paper's full shift set {0..2L-1}^2
+# ----------------------------------------------------------------------------------------------
+def em_patch_model(g: torch.Tensor, l0: int, l1: int) -> torch.Tensor:
+    """C T_l Z g of eq. 18-19 for one shift: g (..., L, L) -> (..., L, L)."""
+    L = g.shape[-1]
+    z = torch.zeros(g.shape[:-2] + (2 * L, 2 * L), dtype=g.dtype, device=g.device)
+    z[..., :L, :L] = g
+    # (T_l Z g)[i, j] = (Z g)[(i + l0) mod 2L, (j + l1) mod 2L]
+    t = torch.roll(z, shifts=(-l0, -l1), dims=(-2, -1))
+    return t[..., :L, :L]
+
+
+def em_patch_model_adjoint(img: torch.Tensor, l0: int, l1: int) -> torch.Tensor:
+    """(C T_l Z)^T: an L x L patch back into the L x L frame of the projection."""
+    L = img.shape[-1]
+    z = torch.zeros(img.shape[:-2] + (2 * L, 2 * L), dtype=img.dtype, device=img.device)
+    z[..., :L, :L] = img
+    t = torch.roll(z, shifts=(l0, l1), dims=(-2, -1))
+    return t[..., :L, :L]
+
+
+def em_estep_reference(patches: torch.Tensor, projections: torch.Tensor, sigma: float, rho: torch.Tensor):
+    """Brute-force E-step over the paper's shift set: patches (P, L, L), projections (K, L, L),
+    rho (2L, 2L) the shift prior over {0..2L-1}^2, rotations uniform.
+
+    Returns dict: log_evidence (P,), posterior (P, 2L, 2L, K) = p(l, w | I_p), shift_weights
+    (2L, 2L, K) = sum_p posterior, backprojection (K, L, L) = sum_p sum_l posterior (C T_l Z)^T I_p.
+    """
+    P, L = patches.shape[0], patches.shape[-1]
+    K = projections.shape[0]
+    ll = torch.empty(P, 2 * L, 2 * L, K, dtype=torch.float64)
+    for l0 in range(2 * L):
+        for l1 in range(2 * L):
+            model = em_patch_model(projections, l0, l1)  # (K, L, L)
+            r = ((patches[:, None] - model[None]) ** 2).sum((-2, -1))  # (P, K)
+            ll[:, l0, l1, :] = (-r / (2 * sigma**2) - 0.5 * L * L * math.log(2 * math.pi * sigma**2)
+                                + torch.log(rho[l0, l1]) - math.log(K))
+    flat = ll.reshape(P, -1)
+    lse = torch.logsumexp(flat, 1)
+    post = torch.exp(flat - lse[:, None]).reshape(P, 2 * L, 2 * L, K)
+    H = torch.zeros(K, L, L, dtype=torch.float64)
+    for l0 in range(2 * L):
+        for l1 in range(2 * L):
+            back = em_patch_model_adjoint(patches, l0, l1)  # (P, L, L)
+            H += torch.einsum("pk,pij->kij", post[:, l0, l1, :], back)
+    return {"log_evidence": lse, "posterior": post, "shift_weights": post.sum(0), "backprojection": H}

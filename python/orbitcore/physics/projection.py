@@ -66,7 +66,7 @@ def prepare_volume_ft(volume: torch.Tensor, pad: int = 2) -> torch.Tensor:
     D = volume.shape[-1]
     N = pad * D
     corr = gridding_correction(N, D, dtype=volume.dtype, device=volume.device)
-    return fourier.fft3c(_pad_center(volume / corr, N))
+    return fourier.fft3c_padded(volume / corr, N)  # = fft3c(_pad_center(volume / corr, N)), pruned
 
 
 def _volume_arg(fn: str, volume) -> tuple[torch.Tensor, str]:

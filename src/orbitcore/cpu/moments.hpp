@@ -6,19 +6,10 @@
 #include <string>
 
 #include "../common.hpp"
+#include "simd.hpp"  // SimdLevel: instruction-set variants of the blocked SYRK kernel
 
 namespace orbitcore {
 namespace cpu {
-
-// Instruction-set variants of the blocked SYRK kernel (chosen at run time).
-enum class SimdLevel { generic = 0, avx2 = 1, avx512 = 2 };
-
-// Best level this CPU supports, and its name ("generic", "avx2", "avx512").
-SimdLevel detect_simd();
-const char* simd_name(SimdLevel level);
-// Parse "auto" | "generic" | "avx2" | "avx512"; throws std::invalid_argument for an unknown
-// name or a level this CPU (or build) does not support.
-SimdLevel parse_simd(const std::string& name);
 
 // Gathered symmetric rank-B update (accumulates, does not overwrite):
 //   y_b[i] = X[b * L + cols[i]]                     (b < B, i < p; 0 <= cols[i] < L)

@@ -1,0 +1,187 @@
+"""``orbitcore amortized``: ab-initio reconstruction by amortized pose inference (CryoAI /
+CryoPoseNet): a neural network learns to predict each particle's orientation and shift from its
+image while a volume is fitted through the cryo-EM image-formation model, end to end.
+
+  orbitcore amortized train     train on a particle stack (STAR + MRCS); checkpoints; resumable
+  orbitcore amortized evaluate  predict every particle's pose (STAR), export the map (MRC),
+                                FSC against a reference map
+
+Run `orbitcore amortized train --help` for the options.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+TRAIN_HELP = """Train the encoder (image -> pose) and the volume together on a particle stack.
+
+Decoders: 'voxel' (CryoPoseNet: a D^3 voxel map, sliced in Fourier space; fast) or 'fouriernet'
+(CryoAI: the map's Fourier transform as a neural network, queried on the slices). The loss is
+the Fourier-space L2 distance between each image and the model's image of it, or (default) the
+symmetric loss, which also tries each image rotated by 180 degrees and keeps the better of the
+two; it avoids getting stuck in mirror-symmetric maps.
+
+The particle file must have CTF parameters (or pass --no-ctf for CTF-free images) and a pixel
+size. Images are divided by their global root-mean-square (no mean subtraction). Everything needed to
+continue is checkpointed in OUT/checkpoint.pt (every --checkpoint-every steps, at the end, and
+on Ctrl-C); --resume continues exactly where it stopped. At the end the poses (OUT/poses.star),
+the map (OUT/volume.mrc) and a summary (OUT/evaluation.json; with --reference also the FSC after
+aligning the map, handedness included, and OUT/fsc.png) are written.
+
+examples:
+  orbitcore simulate --phantom pseudo-molecule --size 64 --pixel-size 2 --n-images 10000 \\
+      --snr-db 0 --shift-std 2 --out sim/particles.star
+  orbitcore amortized train --particles sim/particles.star --decoder voxel --out run1 \\
+      --epochs 5 --reference sim/particles_volume.mrc
+  orbitcore amortized train --out run1 --resume --epochs 10        # continue the same run
+  orbitcore --threads 1 amortized train --particles p.star --decoder fouriernet --size 32 --out run2
+"""
+
+EVAL_HELP = """Run a trained encoder over every particle (no training) and write its poses.
+
+Writes OUT/poses.star (the input STAR with the predicted rlnAngleRot/Tilt/Psi and origins),
+OUT/volume.mrc and OUT/evaluation.json; with --reference also the FSC after alignment and
+OUT/fsc.png. When the particle file already has poses (e.g. a simulation's ground truth), the
+pose errors against them are reported (median squared Frobenius norm after the best global
+rotation and handedness, mean squared shift error).
+
+examples:
+  orbitcore amortized evaluate --checkpoint run1/checkpoint.pt --out run1/eval
+  orbitcore amortized evaluate --checkpoint run1/checkpoint.pt --particles other.star --out eval2 \\
+      --reference truth.mrc
+"""
+
+
+def _print_summary(res, out) -> None:
+    s = res.summary()
+    print(f"predicted poses of {s['n_particles']} particles ({s['images_per_s']:.0f} images/s); "
+          f"rotated-copy path chosen for {100 * s['flipped_fraction']:.1f}%", file=sys.stderr)
+    if res.pose_errors is not None:
+        pe = res.pose_errors
+        sh = f", shift MSE {pe.shift_mse:.3g} px^2" if pe.shift_mse is not None else ""
+        print(f"vs the poses in the particle file: median rotation error {pe.rotation_median_angle:.2f} deg "
+              f"(median sq. Frobenius {pe.rotation_median_sq_frobenius:.3g}){sh}, mirrored: {pe.mirror}",
+              file=sys.stderr)
+    if res.fsc is not None:
+        print(f"FSC vs reference: {res.fsc.resolution_05:.2f} A at 0.5 ({res.fsc.resolution_05_px:.2f} px), "
+              f"{res.fsc.resolution_0143:.2f} A at 0.143", file=sys.stderr)
+    print(f"wrote {out}/poses.star, volume.mrc, evaluation.json", file=sys.stderr)
+
+
+def run_train(args) -> int:
+    from .model import ModelConfig  # noqa: PLC0415
+    from .train import Trainer, TrainConfig, evaluate  # noqa: PLC0415
+
+    out = pathlib.Path(args.out)
+    ckpt = out / "checkpoint.pt"
+    if args.resume:
+        if not ckpt.is_file():
+            raise ValueError(f"--resume: {ckpt} does not exist (nothing to continue)")
+        tr = Trainer.resume(ckpt, particles=args.particles, data_dir=args.data_dir, num_workers=args.workers,
+                            verbose=not args.quiet)
+        if args.steps is not None or args.epochs is not None:
+            tr.config.steps = args.steps if args.steps is not None else int(round(args.epochs * tr.batches_per_epoch))
+        print(f"resuming at step {tr.step} of {tr.config.steps}", file=sys.stderr)
+    else:
+        if args.particles is None:
+            raise ValueError("--particles is required (or --resume to continue a run in --out)")
+        if ckpt.exists():
+            raise ValueError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
+        from ..io import ParticleStack  # noqa: PLC0415
+
+        stack = ParticleStack(args.particles, data_dir=args.data_dir, size=args.size, normalize="rms")
+        mc = ModelConfig(n=stack.size, decoder=args.decoder, symmetric=args.loss == "symmetric", shifts=args.shifts,
+                         encoder_size=args.encoder_size, rotation=args.rotation, channels=tuple(args.channels),
+                         max_shift=args.max_shift, pad=args.pad, fourier_hidden=args.fourier_hidden,
+                         seed=args.seed)
+        bpe = max(1, len(stack) // min(args.batch_size, len(stack)))
+        steps = args.steps if args.steps is not None else int(round((args.epochs or 1.0) * bpe))
+        tc = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, decoder_lr=args.decoder_lr,
+                         clip=args.clip if args.clip > 0 else None, num_workers=args.workers,
+                         checkpoint_every=args.checkpoint_every, seed=args.seed, use_ctf=not args.no_ctf)
+        tr = Trainer(stack, mc, tc, out, verbose=not args.quiet)
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"training {args.decoder} on {len(stack)} particles of {stack.size}x{stack.size} px "
+              f"({tr.batches_per_epoch} steps per epoch), {steps} steps -> {out}", file=sys.stderr)
+    tr.fit()
+    res = evaluate(tr, out_dir=out, reference=args.reference, verbose=not args.quiet)
+    _print_summary(res, out)
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from .train import evaluate  # noqa: PLC0415
+
+    out = pathlib.Path(args.out)
+    res = evaluate(args.checkpoint, args.particles, out_dir=out, data_dir=args.data_dir, reference=args.reference,
+                   batch_size=args.batch_size, align=not args.no_align, verbose=not args.quiet)
+    _print_summary(res, out)
+    if args.json_stdout:
+        print(json.dumps(res.summary(), indent=1))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("amortized", help="ab-initio reconstruction by amortized pose inference (CryoAI / CryoPoseNet)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = p.add_subparsers(dest="amortized_command", metavar="<train|evaluate>")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    t = sp.add_parser("train", help="train on a particle stack", description=TRAIN_HELP,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = t.add_argument_group("data and output")
+    io.add_argument("--particles", metavar="PARTICLES.star", help="RELION STAR file (or cryoSPARC .cs) of the particles")
+    io.add_argument("--data-dir", default=None, help="where the image stacks are (default: next to the STAR file)")
+    io.add_argument("--out", required=True, metavar="DIR", help="output directory (checkpoint, history, poses, map)")
+    io.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    io.add_argument("--reference", default=None, metavar="MAP.mrc",
+                    help="reference map for the FSC at the end (e.g. the simulation's volume)")
+    io.add_argument("--size", type=int, default=None,
+                    help="train on images Fourier-cropped to this size (faster; resolution limited accordingly)")
+    m = t.add_argument_group("model")
+    m.add_argument("--decoder", choices=["voxel", "fouriernet"], default="voxel",
+                   help="voxel map (CryoPoseNet, default) or FourierNet (CryoAI)")
+    m.add_argument("--loss", choices=["symmetric", "l2"], default="symmetric",
+                   help="symmetric loss (CryoAI eq. 10, default) or plain Fourier L2")
+    m.add_argument("--shifts", choices=["predict", "known", "none"], default="predict",
+                   help="predict the in-plane shifts (default), take them from the STAR file, or assume centred")
+    m.add_argument("--no-ctf", action="store_true", help="the images have no CTF (do not apply one)")
+    m.add_argument("--rotation", choices=["s2s2", "quaternion", "euler"], default="s2s2",
+                   help="rotation output of the encoder (default s2s2, fastest to converge)")
+    m.add_argument("--encoder-size", type=int, default=None,
+                   help="the encoder sees images Fourier-cropped to this size (default: full size)")
+    m.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128],
+                   help="encoder convolution channels per block (default 16 32 64 128)")
+    m.add_argument("--max-shift", type=float, default=None, help="largest predicted shift in pixels (default n/8)")
+    m.add_argument("--pad", type=int, default=2, help="voxel decoder: zero-padding factor before the FT (default 2)")
+    m.add_argument("--fourier-hidden", type=int, default=128,
+                   help="FourierNet width (default 128; the paper's 256 is GPU-sized)")
+    o = t.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=float, default=None, help="passes over the data (default 1; or --steps)")
+    o.add_argument("--steps", type=int, default=None, help="number of minibatch steps (instead of --epochs)")
+    o.add_argument("--batch-size", type=int, default=64, help="images per minibatch (default 64)")
+    o.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate (Adam; default 1e-4)")
+    o.add_argument("--decoder-lr", type=float, default=None,
+                   help="decoder learning rate (default 0.16/n for the voxel map, --lr for FourierNet)")
+    o.add_argument("--clip", type=float, default=10.0, help="gradient-norm clipping (0: none; default 10)")
+    o.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
+    o.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
+    o.add_argument("--seed", type=int, default=0, help="initialisation and data order (default 0)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=run_train)
+
+    e = sp.add_parser("evaluate", help="predict poses with a trained model; export the map; FSC",
+                      description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--checkpoint", required=True, metavar="DIR/checkpoint.pt", help="a training checkpoint")
+    e.add_argument("--particles", default=None,
+                   help="particle STAR file (default: the one the model was trained on)")
+    e.add_argument("--data-dir", default=None, help="where the image stacks are")
+    e.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    e.add_argument("--reference", default=None, metavar="MAP.mrc", help="reference map for the FSC")
+    e.add_argument("--no-align", action="store_true", help="compare with the reference without aligning")
+    e.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    e.add_argument("--json-stdout", action="store_true", help="also print the summary as JSON")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=run_evaluate)

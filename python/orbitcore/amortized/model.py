@@ -1,0 +1,406 @@
+"""The amortized pose-inference model: an image encoder and a physics decoder (CryoAI, seeds/003
+§3; CryoPoseNet, seeds/004 §3).
+
+Image formation in Fourier space (seeds/003 eqs. 5, 6, 8, 9; conventions of ARCHITECTURE.md)::
+
+    (R_i, t_i) = E_ξ(Y_i)                                   encoder, §3.3
+    S_i[V̂](kx, ky) = V̂(R_i · (kx, ky, 0))                   slice, eq. 5
+    X̂_i = T̂_{t_i} ⊙ C_i ⊙ S_i[V̂]                            eq. 8
+    T̂_t(k) = exp(-2πi k·t / n)                              eq. 9 (t in pixels, k integer)
+
+with ``Ŷ_i = fft2c(Y_i)`` the centred FT of image ``i``, ``C_i`` its CTF (RELION sign) and
+``V̂`` the volume's Fourier transform, held by one of two decoders sharing the physics:
+
+* :class:`VoxelDecoder` (CryoPoseNet): a learnable real-space ``D³`` volume; once per batch its
+  2×-padded, gridding-corrected centred FT is computed (:func:`orbitcore.fourier.fft3c_padded`,
+  as :class:`orbitcore.physics.Projector` does) and sliced with
+  :func:`orbitcore.fourier_slice` (``hermitian=True`` inside the disk where that is exact).
+* :class:`FourierNetDecoder` (CryoAI §3.4): ``V̂`` is a :class:`orbitcore.nn.FourierNet`
+  (exact Hermitian symmetry, eq. 7) queried only on the half-disk of each slice.
+
+The loss (:mod:`orbitcore.amortized.losses`) compares ``Ŷ_i`` and ``X̂_i`` inside the disk
+``|k| <= radius``; with the symmetric loss (eq. 10) each image also goes through the model
+rotated by π (:class:`orbitcore.nn.RotationLayer`) and the better of the two paths is kept.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .. import fourier
+from .._validate import check_float, check_int, fail
+from ..nn import FourierNet, PoseEncoder, RotationLayer
+from ..nn.encoders import ROTATION_HEADS
+from ..ops.slice import fourier_slice
+from ..physics.projection import gridding_correction
+from ..physics.transforms import shift_phases
+from .losses import fourier_l2, symmetric_loss
+
+__all__ = ["ModelConfig", "VoxelDecoder", "FourierNetDecoder", "AmortizedModel", "ModelOutput", "form_images"]
+
+DECODERS = ("voxel", "fouriernet")
+SHIFT_MODES = ("predict", "known", "none")
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoders: V̂ and its central slices S_i[V̂] (eq. 5)
+# ----------------------------------------------------------------------------------------------
+class VoxelDecoder(nn.Module):
+    """CryoPoseNet's decoder (seeds/004 §3): a learnable real-space volume ``v`` ``(D, D, D)``
+    (indexed ``[z, y, x]``, origin ``D // 2``, in the units of the images: ``Σ_z v`` is an image).
+
+    Once per batch (:meth:`fourier_volume`): ``V̂ = fft3c(pad(v / g))`` with ``pad``-fold
+    centred zero padding and the trilinear gridding correction ``g`` (RELION's projector,
+    :func:`orbitcore.physics.prepare_volume_ft`); slices sample ``V̂`` at ``pad · R (kx, ky, 0)``,
+    i.e. at the image-box frequencies, with the Hermitian half-plane kernel.
+
+    Args:
+        D: volume side (= image side n).
+        pad: zero-padding factor (2: RELION's default; 1: none, faster but ~4× less accurate).
+        init_scale: the volume starts uniform in ``[0, init_scale)`` (CryoPoseNet: uniform
+            random), inside the inscribed ball.
+        generator: for the initial values.
+    """
+
+    kind = "voxel"
+
+    def __init__(self, D: int, *, pad: int = 2, init_scale: float = 1e-3,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        fn = "VoxelDecoder"
+        self.D = check_int(fn, "D", D, minimum=4)
+        self.pad = check_int(fn, "pad", pad, minimum=1)
+        s = check_float(fn, "init_scale", init_scale, minimum=0.0)
+        r = fourier.radial_frequency(self.D, 3, dtype=torch.float32)  # |x| in voxels from the centre
+        v0 = s * torch.rand((self.D,) * 3, generator=generator) * (r < self.D / 2 - 1)
+        self.volume_real = nn.Parameter(v0)
+        self._gridding: dict = {}
+
+    @property
+    def max_radius(self) -> float:
+        """Largest slice radius (Fourier pixels of the image) where the Hermitian slice of the
+        padded grid is exact: ``pad · radius <= pad·D/2 - 1``."""
+        return self.D / 2 - 1 / self.pad
+
+    def fourier_volume(self) -> torch.Tensor:
+        """``V̂``: complex ``(pad·D)³`` centred FT of the padded, gridding-corrected volume."""
+        v = self.volume_real
+        key = (v.dtype, str(v.device))
+        if key not in self._gridding:  # computed in float64, cached per dtype and device
+            self._gridding[key] = gridding_correction(self.pad * self.D, self.D).to(dtype=v.dtype, device=v.device)
+        v = v / self._gridding[key]
+        return fourier.fft3c_padded(v, self.pad * self.D)
+
+    def slices(self, rotations: torch.Tensor, n: int, radius: float) -> torch.Tensor:
+        """``S_i[V̂]`` (eq. 5): complex ``(B, n, n)``, zero outside ``|k| <= radius``."""
+        if radius > self.max_radius + 1e-9:
+            fail("VoxelDecoder.slices", f"radius must be <= D/2 - 1/pad = {self.max_radius:g} (where the "
+                                        f"Hermitian slice is exact), got {radius:g}")
+        V = self.fourier_volume()
+        return fourier_slice(V, self.pad * rotations, size=n, radius=radius, hermitian=True, check=False)
+
+    @torch.no_grad()
+    def volume(self) -> torch.Tensor:
+        """The real-space volume ``(D, D, D)`` (a detached copy)."""
+        return self.volume_real.detach().clone()
+
+
+class FourierNetDecoder(nn.Module):
+    """CryoAI's decoder (seeds/003 §3.4, supp. C): ``V̂(k) = scale · FourierNet(k)``, two SIRENs
+    ``exp(A(k)) ⊙ M(k)`` with exact Hermitian symmetry (eq. 7), queried only on the slice
+    points of the half-disk (:meth:`orbitcore.nn.FourierNet.slice`).
+
+    ``scale = D`` (fixed): the networks then represent values of order 1 for images of unit
+    variance, so SIREN initialisation and Adam step sizes suit them. The paper's size is
+    ``hidden=256`` with 2 and 3 hidden layers.
+    """
+
+    kind = "fouriernet"
+
+    def __init__(self, D: int, *, hidden: int = 256, amplitude_layers: int = 2, modulation_layers: int = 3,
+                 w0: float = 30.0):
+        super().__init__()
+        self.D = check_int("FourierNetDecoder", "D", D, minimum=4)
+        self.net = FourierNet(self.D, hidden=hidden, amplitude_layers=amplitude_layers,
+                              modulation_layers=modulation_layers, w0=w0)
+        self.scale = float(self.D)
+
+    @property
+    def max_radius(self) -> float:
+        return self.D / 2 - 1
+
+    def slices(self, rotations: torch.Tensor, n: int, radius: float) -> torch.Tensor:
+        """``S_i[V̂]`` (eq. 5): complex ``(B, n, n)``, zero outside ``|k| <= radius``."""
+        return self.scale * self.net.slice(rotations, n, radius=radius)
+
+    @torch.no_grad()
+    def volume(self) -> torch.Tensor:
+        """The network on the ``D³`` grid, inverse-transformed: real ``(D, D, D)``."""
+        return fourier.ifft3c(self.scale * self.net.to_volume_ft(self.D)).real
+
+
+def form_images(slices: torch.Tensor, ctf: torch.Tensor | None = None, shifts: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """Eq. 8: ``X̂ = T̂_t ⊙ C ⊙ S`` for slices ``(B, n, n)`` (complex), CTF values ``(B, n, n)``
+    (real, centred grid) and shifts ``(B, 2)`` in pixels (eq. 9: ``T̂_t(k) = exp(-2πi k·t/n)``,
+    content moves by ``+t``)."""
+    X = slices
+    if ctf is not None:
+        X = X * ctf
+    if shifts is not None:
+        X = X * shift_phases(X.shape[-1], shifts, dtype=X.dtype, device=X.device)
+    return X
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class ModelConfig:
+    """Everything that defines an :class:`AmortizedModel` (saved in checkpoints).
+
+    Attributes:
+        n: image side in pixels (the decoder's volume side too).
+        decoder: ``"voxel"`` (CryoPoseNet) or ``"fouriernet"`` (CryoAI).
+        symmetric: use the symmetric loss (eq. 10) instead of plain L2.
+        shifts: ``"predict"`` (the encoder's translation head, CryoAI), ``"known"`` (from the
+            particle file, CryoPoseNet's setting) or ``"none"`` (centred particles).
+        radius: disk of the loss and of the slices, Fourier pixels (default ``n // 2 - 1``).
+        encoder_size: the encoder sees images Fourier-cropped to this side (default ``n``);
+            a cheaper encoder, the decoder keeps full resolution.
+        rotation: encoder rotation head, ``"s2s2"`` (default), ``"quaternion"`` or ``"euler"``.
+        channels, filters, hidden, batch_norm: encoder architecture (:class:`orbitcore.nn.PoseEncoder`).
+        whiten_rotation: standardise the encoder's raw rotation output across the batch, a
+            uniform-pose prior that prevents pose collapse (:class:`orbitcore.nn.PoseEncoder`;
+            our addition, default on).
+        max_shift: bound of the predicted shifts in pixels (``max_shift · tanh``; default ``n / 8``).
+        pad, init_scale: voxel decoder (:class:`VoxelDecoder`).
+        fourier_hidden, amplitude_layers, modulation_layers, w0: FourierNet decoder.
+        seed: initialisation of every weight and of the volume.
+    """
+
+    n: int
+    decoder: str = "voxel"
+    symmetric: bool = True
+    shifts: str = "predict"
+    radius: float | None = None
+    encoder_size: int | None = None
+    rotation: str = "s2s2"
+    channels: tuple = (16, 32, 64, 128)
+    filters: int = 5
+    hidden: tuple = (512, 256)
+    batch_norm: bool = True
+    whiten_rotation: bool = True
+    max_shift: float | None = None
+    pad: int = 2
+    init_scale: float = 1e-3
+    fourier_hidden: int = 128
+    amplitude_layers: int = 2
+    modulation_layers: int = 3
+    w0: float = 30.0
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        fn = "ModelConfig"
+        self.n = check_int(fn, "n", self.n, minimum=8)
+        if self.decoder not in DECODERS:
+            fail(fn, f"decoder must be one of {list(DECODERS)}, got {self.decoder!r}")
+        if self.shifts not in SHIFT_MODES:
+            fail(fn, f"shifts must be one of {list(SHIFT_MODES)}, got {self.shifts!r}")
+        if self.rotation not in ROTATION_HEADS:
+            fail(fn, f"rotation must be one of {sorted(ROTATION_HEADS)}, got {self.rotation!r}")
+        if not isinstance(self.symmetric, bool):
+            fail(fn, f"symmetric must be True or False, got {self.symmetric!r}", TypeError)
+        max_r = self.n / 2 - 1
+        if self.radius is None:
+            self.radius = float(self.n // 2 - 1)
+        r = check_float(fn, "radius", self.radius, positive=True)
+        if r > max_r:
+            fail(fn, f"radius must be <= n/2 - 1 = {max_r:g} Fourier pixels, got {r:g}")
+        self.radius = r
+        if self.encoder_size is None:
+            self.encoder_size = self.n
+        self.encoder_size = check_int(fn, "encoder_size", self.encoder_size, minimum=8)
+        if self.encoder_size > self.n:
+            fail(fn, f"encoder_size must be <= n = {self.n} (Fourier cropping only), got {self.encoder_size}")
+        self.channels = tuple(int(c) for c in self.channels)
+        self.hidden = tuple(int(h) for h in self.hidden)
+        if self.max_shift is None:
+            self.max_shift = self.n / 8
+        check_float(fn, "max_shift", self.max_shift, positive=True)
+        self.pad = check_int(fn, "pad", self.pad, minimum=1)
+        self.seed = check_int(fn, "seed", self.seed)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"], d["hidden"] = list(self.channels), list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict):
+            fail("ModelConfig.from_dict", f"d must be a dict, got {type(d).__name__}", TypeError)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            fail("ModelConfig.from_dict", f"unknown fields {unknown} (checkpoint from a newer orbitcore?)")
+        return cls(**d)
+
+
+@dataclass
+class ModelOutput:
+    """Result of :meth:`AmortizedModel.forward` for a batch of ``B`` images.
+
+    Attributes:
+        loss: scalar, the mean over the batch of ``per_image`` (what is minimised).
+        per_image: ``(B,)`` loss of each image (eq. 10's min with the symmetric loss).
+        rotations: ``(B, 3, 3)`` pose of each input image (of the chosen path, mapped back to the
+            unrotated image: ``R_b · Rz(π)`` when the rotated copy won).
+        shifts: ``(B, 2)`` shift in pixels (``-t_b`` when the rotated copy won).
+        flipped: ``(B,)`` bool, the rotated copy's path was chosen (all False without the
+            symmetric loss).
+        loss_direct, loss_rotated: ``(B,)`` the two paths' losses (``loss_rotated`` is None
+            without the symmetric loss).
+    """
+
+    loss: torch.Tensor
+    per_image: torch.Tensor
+    rotations: torch.Tensor
+    shifts: torch.Tensor
+    flipped: torch.Tensor
+    loss_direct: torch.Tensor
+    loss_rotated: torch.Tensor | None
+
+
+_RZ_PI = torch.tensor([-1.0, -1.0, 1.0])  # Rz(π) = diag(-1, -1, 1): R · Rz(π) negates R's first two columns
+
+
+class AmortizedModel(nn.Module):
+    """Encoder + physics decoder (module docstring). Build with ``AmortizedModel(ModelConfig(...))``
+    or ``AmortizedModel.create(n, decoder=..., **options)``.
+
+    ``forward(images, ctf=None, shifts=None)``:
+
+    Args:
+        images: real ``(B, n, n)`` particle images (normalised, e.g. by
+            :class:`orbitcore.io.ParticleStack`).
+        ctf: optional real ``(B, n, n)`` CTF values on the centred grid
+            (:meth:`orbitcore.physics.CTFParams.evaluate`); None: no CTF.
+        shifts: ``(B, 2)`` known shifts in pixels (required with ``shifts="known"``).
+
+    Returns:
+        :class:`ModelOutput`.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            fail("AmortizedModel", f"config must be a ModelConfig, got {type(config).__name__}", TypeError)
+        self.config = c = config
+        g = torch.Generator().manual_seed(c.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)  # nn.Module initialisers draw from the global generator
+            self.encoder = PoseEncoder(c.encoder_size, channels=c.channels, filters=c.filters, rotation=c.rotation,
+                                       hidden=c.hidden, max_shift=c.max_shift, batch_norm=c.batch_norm,
+                                       whiten_rotation=c.whiten_rotation)
+            if c.decoder == "voxel":
+                self.decoder = VoxelDecoder(c.n, pad=c.pad, init_scale=c.init_scale, generator=g)
+            else:
+                self.decoder = FourierNetDecoder(c.n, hidden=c.fourier_hidden, amplitude_layers=c.amplitude_layers,
+                                                 modulation_layers=c.modulation_layers, w0=c.w0)
+        if c.radius > self.decoder.max_radius + 1e-9:
+            fail("AmortizedModel", f"radius {c.radius:g} exceeds the decoder's exact range "
+                                   f"{self.decoder.max_radius:g}")
+        self.rotation_layer = RotationLayer()
+        k = fourier.radial_frequency(c.n, 2, dtype=torch.float32)
+        self.register_buffer("mask", k <= c.radius, persistent=False)
+
+    @classmethod
+    def create(cls, n: int, **options) -> "AmortizedModel":
+        return cls(ModelConfig(n=n, **options))
+
+    @property
+    def n(self) -> int:
+        return self.config.n
+
+    def encoder_parameters(self):
+        return self.encoder.parameters()
+
+    def decoder_parameters(self):
+        return self.decoder.parameters()
+
+    # ------------------------------------------------------------------ the two halves
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E_ξ``: real images ``(B, n, n)`` → rotations ``(B, 3, 3)``, shifts ``(B, 2)`` pixels."""
+        x = images
+        if self.config.encoder_size != self.n:
+            x = fourier.downsample(x, self.config.encoder_size)
+        return self.encoder(x)
+
+    def decode(self, rotations: torch.Tensor, shifts: torch.Tensor | None = None,
+               ctf: torch.Tensor | None = None) -> torch.Tensor:
+        """``Γ``: poses → model images ``X̂`` (eq. 8), complex ``(B, n, n)``, zero outside the disk."""
+        S = self.decoder.slices(rotations, self.n, self.config.radius)
+        return form_images(S, ctf, shifts)
+
+    # ------------------------------------------------------------------ forward
+    def _check(self, images, ctf, shifts):
+        fn = "AmortizedModel"
+        n = self.n
+        if not isinstance(images, torch.Tensor) or images.dim() != 3 or tuple(images.shape[1:]) != (n, n):
+            fail(fn, f"images must be a real tensor (B, {n}, {n}), got "
+                     f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
+        if images.is_complex():
+            fail(fn, "images must be real (real-space particle images)", TypeError)
+        B = images.shape[0]
+        if ctf is not None and (not isinstance(ctf, torch.Tensor) or tuple(ctf.shape) != (B, n, n) or ctf.is_complex()):
+            fail(fn, f"ctf must be real CTF values ({B}, {n}, {n}) (CTFParams.evaluate), got "
+                     f"{getattr(ctf, 'dtype', type(ctf).__name__)} {tuple(getattr(ctf, 'shape', ()))}")
+        if self.config.shifts == "known":
+            if shifts is None:
+                fail(fn, "shifts='known' needs the particles' shifts (the STAR file's origins)")
+            if tuple(shifts.shape) != (B, 2):
+                fail(fn, f"shifts must have shape ({B}, 2) in pixels, got {tuple(shifts.shape)}")
+
+    def forward(self, images: torch.Tensor, ctf: torch.Tensor | None = None,
+                shifts: torch.Tensor | None = None) -> ModelOutput:
+        self._check(images, ctf, shifts)
+        c = self.config
+        B = images.shape[0]
+        Y = fourier.fft2c(images)                               # Ŷ_i
+        if c.symmetric:
+            x = self.rotation_layer(images)                     # [Y_i ; R_π Y_i]   (supp. B)
+            Y = self.rotation_layer(Y)                          # [Ŷ_i ; R_π Ŷ_i]
+            ctf = None if ctf is None else torch.cat((ctf, ctf))  # the CTF is centrosymmetric
+            if shifts is not None:
+                shifts = torch.cat((shifts, -shifts))           # R_π moves content by -t
+        else:
+            x = images
+        R, t = self.encode(x)                                   # (R_i, t_i) = E_ξ(Y_i)
+        if c.shifts == "known":
+            t = shifts.to(R.dtype)
+        elif c.shifts == "none":
+            t = None
+        X = self.decode(R, t, ctf)                              # X̂_i = Γ(Y_i), eq. 8
+        d = fourier_l2(Y, X, self.mask)                         # ‖Ŷ_i − X̂_i‖²
+        t = torch.zeros(R.shape[0], 2, dtype=R.dtype, device=R.device) if t is None else t
+        if not c.symmetric:
+            flipped = torch.zeros(B, dtype=torch.bool, device=d.device)
+            return ModelOutput(loss=d.mean(), per_image=d, rotations=R, shifts=t, flipped=flipped,
+                               loss_direct=d, loss_rotated=None)
+        da, db = d[:B], d[B:]
+        per, flipped = symmetric_loss(da, db)                   # eq. 10
+        # the pose of the chosen path, for the unrotated image: (R_b Rz(π), -t_b)
+        Rb = R[B:] * _RZ_PI.to(R)[None, None, :]
+        Rsel = torch.where(flipped[:, None, None], Rb, R[:B])
+        tsel = torch.where(flipped[:, None], -t[B:], t[:B])
+        return ModelOutput(loss=per.mean(), per_image=per, rotations=Rsel, shifts=tsel, flipped=flipped,
+                           loss_direct=da, loss_rotated=db)
+
+    @torch.no_grad()
+    def volume(self) -> torch.Tensor:
+        """Current real-space volume estimate ``(n, n, n)``."""
+        return self.decoder.volume()

@@ -1,0 +1,635 @@
+"""Training, checkpoints and evaluation of the amortized model (seeds/003 §3, supp. A;
+seeds/004 Algorithm 1).
+
+Training (:class:`Trainer`): minibatches of a :class:`orbitcore.io.ParticleStack` through a
+``DataLoader`` (worker processes read the memory-mapped stacks), Adam with separate learning
+rates for the encoder and the decoder, gradient-norm clipping, a progress bar with the loss and
+the image rate, and periodic checkpoints.
+
+Checkpoints hold everything needed to continue *exactly*: the model and optimiser states, the
+torch RNG state, the step, the epoch and the position inside the epoch (the minibatch order of
+epoch ``e`` is a permutation drawn from ``seed`` and ``e`` alone, so a resumed run sees the
+same batches), the image normalisation and the history. They are written atomically
+(:class:`orbitcore.io.atomic_path`); an interrupted run (Ctrl-C) saves one before stopping.
+Resuming from a checkpoint reproduces the next steps bit for bit (tested).
+
+Evaluation (:func:`evaluate`): the encoder runs over the whole stack without gradients (with
+the symmetric loss the decoder also scores both paths, to report the chosen path's pose); poses
+go to a RELION STAR file (``R = Aᵀ``, origins ``= -t``, via
+:meth:`orbitcore.io.ParticleTable.with_poses`), the volume to an MRC file, and, given a
+reference map, the FSC after 3-D alignment (rotation, translation and handedness:
+:func:`orbitcore.metrics.align_volumes`). When the particle file carries poses (simulations:
+the truth), pose errors against them are reported too (:func:`orbitcore.metrics.pose_errors`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .._validate import check_float, check_int, fail
+from .model import AmortizedModel, ModelConfig
+
+__all__ = ["TrainConfig", "Trainer", "EvaluationResult", "evaluate", "predict_poses", "load_checkpoint",
+           "model_from_checkpoint",
+           "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "orbitcore-amortized-checkpoint-1"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (saved in checkpoints).
+
+    Attributes:
+        steps: total number of optimisation steps (minibatches) of the run.
+        batch_size: images per minibatch (CryoAI: 128 at L = 64, 32 at L = 128).
+        lr: Adam learning rate of the encoder (CryoAI: 1e-4; CryoPoseNet: 5e-4).
+        decoder_lr: Adam learning rate of the decoder. Default: ``lr`` for FourierNet; for the
+            voxel volume ``0.16 / n``: Adam moves each voxel by about the learning rate per step,
+            and the voxels of a molecule seen in RMS-normalised ``n × n`` images (each pixel a
+            sum over ~``n / 2`` voxels) are of order ``2 / n``, reached in ~100 steps.
+        clip: gradient-norm clipping threshold (None: no clipping).
+        num_workers: DataLoader worker processes (0: read in the main process).
+        checkpoint_every: steps between checkpoints (0: only at the end / on interrupt).
+        log_every: steps between history entries.
+        seed: minibatch order (epoch ``e`` uses a permutation drawn from ``seed`` and ``e``).
+        use_ctf: apply the particles' CTF in the decoder (the file must have CTF columns).
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-4
+    decoder_lr: float | None = None
+    clip: float | None = 10.0
+    num_workers: int = 2
+    checkpoint_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+    use_ctf: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        fn = "TrainConfig"
+        self.steps = check_int(fn, "steps", self.steps, minimum=0)
+        self.batch_size = check_int(fn, "batch_size", self.batch_size, minimum=1)
+        self.lr = check_float(fn, "lr", self.lr, positive=True)
+        if self.decoder_lr is not None:
+            self.decoder_lr = check_float(fn, "decoder_lr", self.decoder_lr, positive=True)
+        if self.clip is not None:
+            self.clip = check_float(fn, "clip", self.clip, positive=True)
+        self.num_workers = check_int(fn, "num_workers", self.num_workers, minimum=0)
+        self.checkpoint_every = check_int(fn, "checkpoint_every", self.checkpoint_every, minimum=0)
+        self.log_every = check_int(fn, "log_every", self.log_every, minimum=1)
+        self.seed = check_int(fn, "seed", self.seed)
+        if not isinstance(self.use_ctf, bool):
+            fail(fn, f"use_ctf must be True or False, got {self.use_ctf!r}", TypeError)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """Minibatches of epoch ``epoch``: a permutation drawn from ``(seed, epoch)`` cut into
+    ``batch_size`` rows (a last partial batch is dropped, so batch statistics stay comparable),
+    starting at batch ``start``. Mutable: the trainer sets ``epoch``/``start`` before iterating."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
+        self.epoch, self.start = 0, 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // self.batch_size
+
+    def order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.n, generator=g)
+        nb = self.batches_per_epoch
+        return perm[: nb * self.batch_size].view(nb, self.batch_size)
+
+    def __iter__(self):
+        for b in self.order(self.epoch)[self.start:]:
+            yield b.tolist()
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start
+
+
+def _collate(items: list[dict]) -> dict:
+    return torch.utils.data.default_collate(items)
+
+
+def _open_stack(fn: str, particles, *, data_dir=None, size=None, normalize="rms"):
+    from ..io import ParticleStack  # noqa: PLC0415
+
+    if isinstance(particles, ParticleStack):
+        return particles
+    if particles is None:
+        fail(fn, "particles must be a STAR/.cs path or a ParticleStack, got None")
+    return ParticleStack(particles, data_dir=data_dir, size=size, normalize=normalize)
+
+
+def _batch_ctf(batch: dict, n: int, dtype) -> torch.Tensor:
+    from ..physics import CTFParams  # noqa: PLC0415
+
+    return CTFParams.from_batch(batch).evaluate(n, dtype=torch.float64).to(dtype)
+
+
+class Trainer:
+    """Train an :class:`AmortizedModel` on a particle stack.
+
+    Args:
+        particles: a STAR / cryoSPARC path or an :class:`orbitcore.io.ParticleStack`. A path is
+            opened with ``normalize="rms"`` (images divided by the stack's RMS; no mean
+            subtraction, which would change the DC term inconsistently with the image model); a
+            given stack is used as it is.
+        model: an :class:`AmortizedModel`, a :class:`ModelConfig`, or a dict of
+            :class:`ModelConfig` options (``n`` defaults to the stack's image size).
+        config: a :class:`TrainConfig` or a dict of its options.
+        out_dir: where checkpoints (``checkpoint.pt``) and the history (``history.json``) go
+            (None: nothing is written unless :meth:`save_checkpoint` is given a path).
+        data_dir, size: passed to :class:`~orbitcore.io.ParticleStack` (``size``: Fourier-crop
+            the images to this side for training).
+        verbose: progress bar.
+
+    Typical use::
+
+        tr = Trainer("particles.star", {"decoder": "voxel"}, {"steps": 2000}, out_dir="run")
+        tr.fit()
+        res = evaluate(tr, out_dir="run", reference="truth.mrc")
+    """
+
+    def __init__(self, particles, model=None, config=None, out_dir=None, *, data_dir=None, size: int | None = None,
+                 verbose: bool = True):
+        fn = "Trainer"
+        self.stack = _open_stack(fn, particles, data_dir=data_dir, size=size)
+        stack = self.stack
+        if isinstance(config, TrainConfig):
+            self.config = config
+        elif config is None or isinstance(config, dict):
+            self.config = TrainConfig(**(config or {}))
+        else:
+            fail(fn, f"config must be a TrainConfig or a dict, got {type(config).__name__}", TypeError)
+        if isinstance(model, AmortizedModel):
+            self.model = model
+        else:
+            if isinstance(model, ModelConfig):
+                mc = model
+            elif model is None or isinstance(model, dict):
+                opts = dict(model or {})
+                opts.setdefault("n", stack.size)
+                mc = ModelConfig(**opts)
+            else:
+                fail(fn, f"model must be an AmortizedModel, ModelConfig or dict, got {type(model).__name__}",
+                     TypeError)
+            self.model = AmortizedModel(mc)
+        mc = self.model.config
+        if mc.n != stack.size:
+            fail(fn, f"the model's image size n = {mc.n} differs from the stack's {stack.size} "
+                     f"(pass size={mc.n} to downsample, or build the model with n={stack.size})")
+        if self.config.use_ctf and stack.ctf is None:
+            fail(fn, f"{stack.table.path}: the particle file has no CTF parameters (rlnDefocusU/V, rlnDefocusAngle, "
+                     "rlnVoltage, rlnSphericalAberration, rlnAmplitudeContrast and a pixel size); train without "
+                     "CTF (use_ctf=False, --no-ctf) if the images have none")
+        if mc.shifts == "known" and stack.shifts is None:
+            fail(fn, f"{stack.table.path}: shifts='known' needs rlnOriginX/Y(Angst) columns in the particle file")
+        if len(stack) < 2 and mc.batch_norm:
+            fail(fn, f"need at least 2 particles (batch normalisation), got {len(stack)}")
+        self.verbose = verbose
+        self.out_dir = pathlib.Path(out_dir) if out_dir is not None else None
+        dec_lr = self.config.decoder_lr
+        if dec_lr is None:
+            dec_lr = 0.16 / mc.n if mc.decoder == "voxel" else self.config.lr
+        self.optimizer = torch.optim.Adam([
+            {"params": list(self.model.encoder_parameters()), "lr": self.config.lr, "name": "encoder"},
+            {"params": list(self.model.decoder_parameters()), "lr": dec_lr, "name": "decoder"},
+        ])
+        self.sampler = _EpochBatches(len(stack), self.config.batch_size, self.config.seed)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.history: list[dict] = []
+        self.elapsed = 0.0
+        self._loader = None
+
+    # ------------------------------------------------------------------ data
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
+    def _make_loader(self):
+        w = self.config.num_workers
+        return torch.utils.data.DataLoader(self.stack, batch_sampler=self.sampler, num_workers=w,
+                                           collate_fn=_collate, persistent_workers=w > 0)
+
+    def _batches(self):
+        """Batches from the current (epoch, batch_in_epoch) on, forever."""
+        if self._loader is None:
+            self._loader = self._make_loader()
+        while True:
+            self.sampler.epoch, self.sampler.start = self.epoch, self.batch_in_epoch
+            for batch in self._loader:
+                yield batch
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, batch: dict) -> dict:
+        """One optimisation step on a collated batch (dict from the ParticleStack)."""
+        model, c = self.model, self.config
+        images = batch["image"].to(torch.float32)
+        ctf = _batch_ctf(batch, model.n, images.dtype) if c.use_ctf else None
+        shifts = batch["shift"].to(images.dtype) if model.config.shifts == "known" else None
+        model.train()
+        out = model(images, ctf, shifts)
+        if not torch.isfinite(out.loss):
+            fail("Trainer.train_step", f"the loss became {float(out.loss)} at step {self.step} (diverged); lower "
+                                       "the learning rates or the clipping threshold and resume from the last "
+                                       "checkpoint", FloatingPointError)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        gn = None
+        if c.clip is not None:
+            gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip))
+        self.optimizer.step()
+        self.step += 1
+        self.batch_in_epoch += 1
+        return {"loss": float(out.loss.detach()), "loss_direct": float(out.loss_direct.detach().mean()),
+                "flipped": float(out.flipped.float().mean()), "grad_norm": gn, "images": images.shape[0]}
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, steps: int | None = None, *, callback=None, callback_every: int | None = None) -> list[dict]:
+        """Train until step ``steps`` (default ``config.steps``; counted from the start of the
+        run, so a resumed trainer continues where it stopped).
+
+        ``callback(trainer)`` runs every ``callback_every`` steps (e.g. to measure the FSC);
+        what it returns (a dict) is added to the history. Checkpoints every
+        ``config.checkpoint_every`` steps and at the end (when ``out_dir`` is set); Ctrl-C saves
+        a checkpoint, then re-raises.
+        """
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        target = self.config.steps if steps is None else check_int("Trainer.fit", "steps", steps, minimum=0)
+        if callback_every is not None:
+            callback_every = check_int("Trainer.fit", "callback_every", callback_every, minimum=1)
+        c = self.config
+        window: list[dict] = []
+        t_last = time.perf_counter()
+        imgs_since = 0
+        bar = tqdm(total=target, initial=min(self.step, target), unit="step", desc=f"train ({self.model.config.decoder})",
+                   disable=not self.verbose, dynamic_ncols=True)
+        it = self._batches() if self.step < target else iter(())
+        try:
+            while self.step < target:
+                batch = next(it)
+                t0 = time.perf_counter()
+                r = self.train_step(batch)
+                self.elapsed += time.perf_counter() - t0
+                window.append(r)
+                imgs_since += r["images"]
+                bar.update(1)
+                if self.step % c.log_every == 0 or self.step == target:
+                    now = time.perf_counter()
+                    rate = imgs_since / max(now - t_last, 1e-9)
+                    entry = {"step": self.step, "epoch": self.epoch + self.batch_in_epoch / max(1, self.batches_per_epoch),
+                             "loss": float(np.mean([w["loss"] for w in window])),
+                             "loss_direct": float(np.mean([w["loss_direct"] for w in window])),
+                             "flipped_fraction": float(np.mean([w["flipped"] for w in window])),
+                             "grad_norm": (float(np.mean([w["grad_norm"] for w in window]))
+                                           if window[0]["grad_norm"] is not None else None),
+                             "images_per_s": rate, "train_time_s": self.elapsed}
+                    self.history.append(entry)
+                    bar.set_postfix(loss=f"{entry['loss']:.4g}", img_s=f"{rate:.0f}", epoch=f"{entry['epoch']:.2f}")
+                    window, imgs_since, t_last = [], 0, now
+                if callback is not None and callback_every and self.step % callback_every == 0:
+                    extra = callback(self)
+                    if extra:
+                        self.history.append({"step": self.step, **extra})
+                    t_last = time.perf_counter()
+                if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.out_dir is not None:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            if self.out_dir is not None:
+                p = self.save_checkpoint()
+                import sys  # noqa: PLC0415
+
+                bar.write(f"interrupted at step {self.step}: checkpoint saved to {p}", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+        if self.out_dir is not None and self.step > 0:
+            self.save_checkpoint()
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        """Everything a checkpoint holds (plain types and tensors: loadable with weights_only)."""
+        st = self.stack
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model_config": self.model.config.to_dict(),
+            "train_config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "rng_torch": torch.get_rng_state(),
+            "data": {"particles": str(st.table.path) if st.table.path is not None else None,
+                     "n_particles": len(st), "box": st.n, "size": st.size, "mean": float(st.mean),
+                     "std": float(st.std)},
+            "history": self.history, "train_time_s": self.elapsed,
+        }
+
+    def save_checkpoint(self, path=None) -> pathlib.Path:
+        """Write the checkpoint atomically (default ``out_dir/checkpoint.pt``), and
+        ``history.json`` next to it."""
+        from ..io.mrc import atomic_path  # noqa: PLC0415
+
+        if path is None:
+            if self.out_dir is None:
+                fail("Trainer.save_checkpoint", "no path given and the trainer has no out_dir")
+            path = self.out_dir / "checkpoint.pt"
+        path = pathlib.Path(path)
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch.save(self.state(), tmp)
+        with atomic_path(path.with_name("history.json"), suffix=".json") as tmp:
+            tmp.write_text(json.dumps(self.history, indent=1))
+        return path
+
+    def load_state(self, state: dict) -> None:
+        """Restore a :meth:`state` (model, optimiser, position, RNG, history)."""
+        fn = "Trainer.load_state"
+        if state.get("format") != CHECKPOINT_FORMAT:
+            fail(fn, f"not an orbitcore amortized checkpoint (format {state.get('format')!r})")
+        d = state["data"]
+        if d["n_particles"] != len(self.stack) or d["size"] != self.stack.size:
+            fail(fn, f"the checkpoint was trained on {d['n_particles']} particles of size {d['size']} "
+                     f"({d['particles']}), this stack has {len(self.stack)} of size {self.stack.size}")
+        if state["model_config"] != self.model.config.to_dict():
+            fail(fn, "the checkpoint's model configuration differs from this trainer's model")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+        torch.set_rng_state(state["rng_torch"])
+        self.history = list(state["history"])
+        self.elapsed = float(state.get("train_time_s", 0.0))
+        self._loader = None
+
+    @classmethod
+    def resume(cls, checkpoint, particles=None, out_dir=None, *, data_dir=None, steps: int | None = None,
+               num_workers: int | None = None, verbose: bool = True) -> "Trainer":
+        """A trainer that continues a checkpoint exactly. ``particles`` defaults to the file the
+        run was trained on; the normalisation is the checkpoint's. ``steps`` extends (or
+        shortens) the run; ``num_workers`` may change (it does not affect the results)."""
+        state = load_checkpoint(checkpoint)
+        d = state["data"]
+        cfg = dict(state["train_config"])
+        if steps is not None:
+            cfg["steps"] = steps
+        if num_workers is not None:
+            cfg["num_workers"] = num_workers
+        particles = particles if particles is not None else d["particles"]
+        stack = _open_stack("Trainer.resume", particles, data_dir=data_dir,
+                            size=d["size"] if d["size"] != d["box"] else None, normalize=(d["mean"], d["std"]))
+        model = AmortizedModel(ModelConfig.from_dict(state["model_config"]))
+        out = out_dir if out_dir is not None else pathlib.Path(checkpoint).parent
+        tr = cls(stack, model, TrainConfig(**cfg), out, verbose=verbose)
+        tr.load_state(state)
+        return tr
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by :meth:`Trainer.save_checkpoint` (clear errors for missing,
+    truncated or foreign files)."""
+    fn = "load_checkpoint"
+    p = pathlib.Path(path)
+    if not p.is_file():
+        fail(fn, f"{p}: no such checkpoint file", FileNotFoundError)
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        fail(fn, f"{p}: not a readable checkpoint ({type(exc).__name__}: {exc})")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        fail(fn, f"{p}: not an orbitcore amortized checkpoint")
+    return state
+
+
+def model_from_checkpoint(path) -> tuple[AmortizedModel, dict]:
+    """The trained model (eval mode) and the checkpoint's state dict."""
+    state = load_checkpoint(path)
+    model = AmortizedModel(ModelConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict_poses(model: AmortizedModel, stack, *, batch_size: int = 256, use_ctf: bool = True,
+                  verbose: bool = False) -> dict:
+    """Poses of every particle of ``stack`` (in order), without gradients, model in eval mode.
+
+    Returns a dict of ``rotations (N, 3, 3)``, ``shifts (N, 2)`` (pixels of the stack's images),
+    ``flipped (N,)`` (the π-rotated path was chosen), ``loss (N,)`` (per-image loss of the
+    chosen path) and ``seconds`` (wall time).
+    """
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    fn = "predict_poses"
+    batch_size = check_int(fn, "batch_size", batch_size, minimum=1)
+    if stack.size != model.n:
+        fail(fn, f"the stack's images are {stack.size}x{stack.size}, the model expects {model.n}x{model.n}")
+    if use_ctf and stack.ctf is None:
+        fail(fn, "use_ctf=True but the particle file has no CTF parameters")
+    was = model.training
+    model.eval()
+    N = len(stack)
+    R = torch.empty(N, 3, 3)
+    t = torch.empty(N, 2)
+    fl = torch.zeros(N, dtype=torch.bool)
+    loss = torch.empty(N)
+    t0 = time.perf_counter()
+    try:
+        with tqdm(total=N, unit="img", desc="evaluate", disable=not verbose) as bar:
+            for rows, images in stack.batches(batch_size):
+                rows_t = torch.from_numpy(rows)
+                ctf = stack.ctf[rows_t].evaluate(model.n, dtype=torch.float64).float() if use_ctf else None
+                shifts = stack.shifts[rows_t] if model.config.shifts == "known" else None
+                out = model(images.float(), ctf, shifts)
+                R[rows_t], t[rows_t], fl[rows_t], loss[rows_t] = out.rotations, out.shifts, out.flipped, out.per_image
+                bar.update(len(rows))
+    finally:
+        model.train(was)
+    return {"rotations": R, "shifts": t, "flipped": fl, "loss": loss, "seconds": time.perf_counter() - t0}
+
+
+@dataclass
+class EvaluationResult:
+    """Result of :func:`evaluate`.
+
+    Attributes:
+        rotations: ``(N, 3, 3)`` predicted rotations. shifts: ``(N, 2)`` predicted shifts in
+            pixels of the particle file's images (``t``, content moves by ``+t``).
+        flipped: ``(N,)`` the π-rotated path was chosen. loss: ``(N,)`` per-image loss.
+        volume: ``(D, D, D)`` reconstruction; pixel_size: Å per voxel.
+        star_path, volume_path, json_path: files written (or None).
+        fsc: :class:`orbitcore.metrics.FSCResult` against the reference after alignment (or None).
+        alignment: :class:`orbitcore.metrics.AlignmentResult` (or None).
+        pose_errors: :class:`orbitcore.metrics.PoseErrors` against the poses in the particle file
+            (or None when it has none).
+        images_per_s: rate of pose prediction over the stack.
+    """
+
+    rotations: torch.Tensor
+    shifts: torch.Tensor
+    flipped: torch.Tensor
+    loss: torch.Tensor
+    volume: torch.Tensor
+    pixel_size: float
+    star_path: pathlib.Path | None = None
+    volume_path: pathlib.Path | None = None
+    json_path: pathlib.Path | None = None
+    fsc: object | None = None
+    alignment: object | None = None
+    pose_errors: object | None = None
+    images_per_s: float = math.nan
+
+    def summary(self) -> dict:
+        d = {"n_particles": int(self.rotations.shape[0]), "pixel_size_A": self.pixel_size,
+             "box": int(self.volume.shape[-1]), "images_per_s": self.images_per_s,
+             "flipped_fraction": float(self.flipped.float().mean()), "mean_loss": float(self.loss.mean()),
+             "star": str(self.star_path) if self.star_path else None,
+             "volume": str(self.volume_path) if self.volume_path else None}
+        if self.fsc is not None:
+            d["fsc"] = {"resolution_05_A": self.fsc.resolution_05, "resolution_0143_A": self.fsc.resolution_0143,
+                        "resolution_05_px": self.fsc.resolution_05_px,
+                        "resolution_0143_px": self.fsc.resolution_0143_px,
+                        "curve": self.fsc.curve.tolist(), "frequencies": self.fsc.frequencies.tolist()}
+        if self.alignment is not None:
+            from ..metrics import rotation_angle  # noqa: PLC0415
+
+            a = self.alignment
+            d["alignment"] = {"rotation_angle_deg": float(rotation_angle(a.rotation)), "shift_voxels": a.shift.tolist(),
+                              "mirrored": a.mirror, "correlation": a.correlation}
+        if self.pose_errors is not None:
+            d["pose_errors"] = self.pose_errors.as_dict()
+        return d
+
+
+def _reference_volume(fn: str, reference, D: int, pixel_size: float) -> torch.Tensor:
+    from .. import fourier  # noqa: PLC0415
+    from ..io import read_mrc  # noqa: PLC0415
+
+    if isinstance(reference, (str, pathlib.Path)):
+        data, _ = read_mrc(reference)
+        ref = torch.from_numpy(np.ascontiguousarray(data)).to(torch.float64)
+        name = str(reference)
+    else:
+        ref = torch.as_tensor(reference).to(torch.float64)
+        name = "reference"
+    if ref.dim() != 3 or not (ref.shape[0] == ref.shape[1] == ref.shape[2]):
+        fail(fn, f"{name}: the reference must be a cubic 3-D map, got shape {tuple(ref.shape)}")
+    if ref.shape[0] < D:
+        fail(fn, f"{name}: the reference box {ref.shape[0]} is smaller than the reconstruction's {D}")
+    if ref.shape[0] > D:  # the training images were downsampled: bring the reference to the same grid
+        ref = fourier.downsample(ref, D, 3)
+    return ref
+
+
+def evaluate(source, particles=None, *, out_dir=None, star_path=None, volume_path=None, reference=None,
+             data_dir=None, batch_size: int = 256, align: bool = True, fsc_png: bool = True,
+             verbose: bool = True) -> EvaluationResult:
+    """Predict every particle's pose, write them as STAR, export the volume (MRC) and compare
+    with a reference (module docstring).
+
+    Args:
+        source: a :class:`Trainer` or the path of a checkpoint.
+        particles: STAR path or ParticleStack (default: the trainer's stack / the file the
+            checkpoint was trained on, with the training normalisation).
+        out_dir: writes ``poses.star``, ``volume.mrc``, ``evaluation.json`` (and ``fsc.png``)
+            there unless ``star_path`` / ``volume_path`` say otherwise.
+        reference: optional reference map (MRC path or ``(D', D', D')`` array; Fourier-cropped to
+            the reconstruction's box when larger): FSC after alignment (handedness included).
+        align: align the reconstruction to the reference first (False: compare as is).
+        batch_size: images per evaluation batch.
+
+    Returns:
+        :class:`EvaluationResult`.
+    """
+    fn = "evaluate"
+    if isinstance(source, Trainer):
+        model = source.model
+        norm = (source.stack.mean, source.stack.std)
+        use_ctf = source.config.use_ctf
+        default = source.stack
+    elif isinstance(source, (str, pathlib.Path)):
+        model, state = model_from_checkpoint(source)
+        d = state["data"]
+        norm = (d["mean"], d["std"])
+        use_ctf = bool(state["train_config"]["use_ctf"])
+        default = d["particles"]
+    else:
+        fail(fn, f"source must be a Trainer or a checkpoint path, got {type(source).__name__}", TypeError)
+    from ..io import ParticleStack  # noqa: PLC0415
+
+    src = default if particles is None else particles
+    stack = src if isinstance(src, ParticleStack) else _open_stack(fn, src, data_dir=data_dir, size=model.n,
+                                                                      normalize=norm)
+    if use_ctf and stack.ctf is None:
+        fail(fn, f"{stack.table.path}: the model was trained with the CTF but this particle file has no CTF "
+                 "parameters")
+    pred = predict_poses(model, stack, batch_size=batch_size, use_ctf=use_ctf, verbose=verbose)
+    scale = stack.n / stack.size  # shifts back to the particle file's pixels
+    shifts = pred["shifts"] * scale
+    px = float(stack.pixel_size[0]) if stack.pixel_size is not None else 1.0
+    vol = model.volume().float()
+    out = pathlib.Path(out_dir) if out_dir is not None else None
+    if out is not None and star_path is None:
+        star_path = out / "poses.star"
+    if out is not None and volume_path is None:
+        volume_path = out / "volume.mrc"
+    res = EvaluationResult(rotations=pred["rotations"], shifts=shifts, flipped=pred["flipped"], loss=pred["loss"],
+                           volume=vol, pixel_size=px, images_per_s=len(stack) / max(pred["seconds"], 1e-9))
+    if star_path is not None:
+        res.star_path = stack.table.with_poses(pred["rotations"], shifts).write(star_path)
+    if volume_path is not None:
+        from ..io import write_mrc  # noqa: PLC0415
+
+        write_mrc(volume_path, vol.numpy(), voxel_size=px)
+        res.volume_path = pathlib.Path(volume_path)
+    if stack.rotations is not None:
+        from ..metrics import pose_errors  # noqa: PLC0415
+
+        true_t = stack.shifts * scale if stack.shifts is not None else None
+        res.pose_errors = pose_errors(pred["rotations"], stack.rotations, shifts if true_t is not None else None,
+                                      true_t)
+    if reference is not None:
+        from ..metrics import align_volumes, fsc  # noqa: PLC0415
+
+        ref = _reference_volume(fn, reference, vol.shape[-1], px)
+        v = vol.to(torch.float64)
+        if align:
+            res.alignment = align_volumes(ref, v, mirror=True, verbose=verbose)
+            v = res.alignment.aligned
+        res.fsc = fsc(ref, v, px)
+        if out is not None and fsc_png:
+            try:
+                from ..metrics.plots import plot_fsc  # noqa: PLC0415
+
+                plot_fsc(res.fsc, out / "fsc.png", title="amortized reconstruction vs reference")
+            except ImportError:
+                pass
+    if out is not None:
+        from ..io.mrc import atomic_path  # noqa: PLC0415
+
+        res.json_path = out / "evaluation.json"
+        with atomic_path(res.json_path, suffix=".json") as tmp:
+            tmp.write_text(json.dumps(res.summary(), indent=1))
+    return res
