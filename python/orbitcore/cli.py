@@ -15,6 +15,7 @@ _COMMAND_MODULES = [
     "orbitcore.physics._cli",
     "orbitcore.metrics._cli",
     "orbitcore.mom._cli",
+    "orbitcore.mom._cli_cryoem",
     "orbitcore.em._cli",
     "orbitcore.amortized._cli",
 ]

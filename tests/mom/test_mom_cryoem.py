@@ -1,0 +1,414 @@
+"""orbitcore.mom.cryoem: data moments (eq. 30) against a float64 numpy reference, the model
+side (eqs. 20, 28), checkpoint/resume exactness, input validation, outputs and a small fit.
+
+The quadrature's exactness (spherical designs, degree of the SO(3) rules) is tested in
+tests/geometry/test_so3.py.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import orbitcore as oc
+from orbitcore.geometry import VonMisesFisherMixture, so3_quadrature
+from orbitcore.mom import cryoem as ce
+from orbitcore.mom.cryoem_models import (FourierNetVolume, MomentEncoder, VoxelVolume, _half_spectrum_of,
+                                         _volume_from_half_spectrum, band_mask)
+from orbitcore.physics import gaussian_mixture_volume
+from orbitcore.physics.projection import Projector, prepare_volume_ft
+
+
+def _two_gaussians(n: int) -> torch.Tensor:
+    v = gaussian_mixture_volume(n, [[0.25 * n, 0.1 * n, 0.0], [-0.2 * n, -0.15 * n, 0.1 * n]],
+                                [0.1 * n, 0.08 * n], [1.0, 0.7], dtype=torch.float64)
+    return v / v.norm()
+
+
+def _quadrature_moments(vol: torch.Tensor, viewing, Q: torch.Tensor) -> ce.CryoEMMoments:
+    """Noiseless moments (eq. 20 with the true density) of ``vol`` on the rule ``Q``, float64."""
+    n = vol.shape[0]
+    rho = viewing.so3_density(Q)
+    z = rho / rho.sum()
+    lay = oc.MomentLayout(n, 2, ce.default_radius(n))
+    S = lay.gather(oc.fourier_slice(prepare_volume_ft(vol, 2), 2 * Q, n, lay.radius, hermitian=True, check=False))
+    M1, M2 = oc.model_moments(S, z)
+    return ce.CryoEMMoments(M1, M2, lay, 1, 0.0, 1.0, n, {"source": "quadrature"})
+
+
+# ------------------------------------------------------------------------------------------------
+# data side
+# ------------------------------------------------------------------------------------------------
+def _reference_moments(images: np.ndarray, n: int, radius: float, sigma2: float) -> tuple[np.ndarray, np.ndarray]:
+    """Independent float64 numpy reference of eq. 30 after Fourier cropping to n (odd n)."""
+    N, n0, _ = images.shape
+    F = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(images.astype(np.float64), axes=(-2, -1))), axes=(-2, -1))
+    c0, c = n0 // 2, n // 2
+    F = F[:, c0 - c:c0 - c + n, c0 - c:c0 - c + n] * (n / n0) ** 3
+    k = np.arange(n) - c
+    ky, kx = np.meshgrid(k, k, indexing="ij")
+    sel = (kx * kx + ky * ky).ravel() <= radius * radius
+    X = F.reshape(N, -1)[:, sel]
+    M1 = X.mean(0)
+    M2 = X.T @ X.conj() / N - n * n * sigma2 * (n / n0) ** 4 * np.eye(X.shape[1])
+    return M1, M2
+
+
+@pytest.mark.parametrize("n0,n", [(16, 9), (15, 15), (21, 11)])
+def test_moments_from_images_matches_float64_reference(n0, n):
+    g = torch.Generator().manual_seed(3)
+    imgs = torch.randn(37, n0, n0, generator=g, dtype=torch.float64) + 0.3
+    r = ce.default_radius(n)
+    mom = ce.moments_from_images(imgs.float(), n, sigma2=0.25, batch_size=10, verbose=False)
+    M1r, M2r = _reference_moments(imgs.float().double().numpy(), n, r, 0.25)
+    assert mom.count == 37 and mom.size == n and mom.m == M1r.shape[0]
+    np.testing.assert_allclose(mom.M1.numpy(), M1r, rtol=0, atol=2e-5 * np.abs(M1r).max())
+    np.testing.assert_allclose(mom.M2.numpy(), M2r, rtol=0, atol=2e-5 * np.abs(M2r).max())
+    assert mom.pixel_size == pytest.approx(n0 / n)
+
+
+def test_working_images_are_projections_of_the_downsampled_volume():
+    vol = _two_gaussians(20)
+    R = oc.geometry.random_rotations(3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    big = Projector(vol, pad=4)(R)
+    small = Projector(oc.fourier.downsample(vol, 11, 3), pad=4)(R)
+    w = ce.working_images(big, 11)
+    # equal up to the projectors' interpolation errors (~1%); a wrong scale such as (n/n0)^2
+    # would be off by 45%
+    assert float((w - small).norm() / small.norm()) < 0.02
+
+
+def test_simulate_moments_noise_debiasing_and_streaming():
+    vol = _two_gaussians(13)
+    a = ce.simulate_moments(vol, 300, sigma=0.0, size=9, batch_size=300, verbose=False, seed=5)
+    b = ce.simulate_moments(vol, 300, sigma=0.0, size=9, batch_size=64, verbose=False, seed=5)
+    # the rotations depend on the batching (drawn per batch); the moments agree statistically
+    assert float((a.M1 - b.M1).norm() / a.M1.norm()) < 0.1
+    # noise of variance s^2 per original pixel: the debiased diagonal matches the clean one on average
+    s = 0.05
+    c = ce.simulate_moments(vol, 3000, sigma=s, size=9, verbose=False, seed=1)
+    d = ce.simulate_moments(vol, 3000, sigma=s, size=9, verbose=False, seed=1, debias=False)
+    n2s2 = 81 * ce.working_sigma2(s * s, 13, 9)
+    np.testing.assert_allclose((torch.diagonal(d.M2) - torch.diagonal(c.M2)).real.numpy(), n2s2, rtol=1e-9)
+    assert c.sigma2 == pytest.approx(ce.working_sigma2(s * s, 13, 9))
+    assert c.meta["n_images"] == 3000 and c.meta["seconds"] > 0
+
+
+def test_moments_save_load_roundtrip(tmp_path):
+    vol = _two_gaussians(11)
+    m = ce.simulate_moments(vol, 50, verbose=False)
+    p = m.save(tmp_path / "m.pt")
+    m2 = ce.CryoEMMoments.load(p)
+    assert torch.equal(m.M1, m2.M1) and torch.equal(m.M2, m2.M2)
+    assert m2.fingerprint() == m.fingerprint()
+
+
+# ------------------------------------------------------------------------------------------------
+# model side
+# ------------------------------------------------------------------------------------------------
+def test_fouriernet_direct_and_grid_slices_are_hermitian_and_consistent():
+    n = 9
+    lay = oc.MomentLayout(n, 2, ce.default_radius(n))
+    Q, _ = so3_quadrature(12, 4, strength=5, dtype=torch.float64)
+    torch.manual_seed(0)
+    vol = FourierNetVolume(n, 32, radius=lay.radius, w0=3.0).double()
+    S = vol.slices(Q, lay).detach()
+    np.testing.assert_allclose(S[:, lay.conjugate].numpy(), S.conj().resolve_conj().numpy(), atol=1e-12)
+    # direct slices = the network at Q_j (kx, ky, 0)
+    k = torch.cat((lay.frequencies.double(), torch.zeros(lay.m, 1, dtype=torch.float64)), 1)
+    ref = vol.net(torch.einsum("qij,pj->qpi", Q, k))
+    np.testing.assert_allclose(S.detach().numpy(), ref.detach().numpy(), atol=1e-10)
+    # the grid query: v̂_φ on the grid, inverse FT, then the projector's slices of that volume
+    vol.query = "grid"
+    G = vol.slices(Q, lay).detach()
+    ref = lay.gather(oc.fourier.fft2c(Projector(vol.volume(), pad=2)(Q)))
+    assert float((G - ref).norm() / ref.norm()) < 1e-6
+
+
+def test_voxel_volume_slices_match_projector():
+    n = 11
+    vol = _two_gaussians(n)
+    lay = oc.MomentLayout(n, 2, ce.default_radius(n))
+    v = VoxelVolume(n, vol, radius=None, dtype=torch.float64)
+    Q, _ = so3_quadrature(12, 4, strength=5, dtype=torch.float64)
+    S = v.slices(Q, lay).detach()
+    img = Projector(vol, pad=2)(Q)
+    ref = lay.gather(oc.fourier.fft2c(img))
+    assert float((S - ref).norm() / ref.norm()) < 1e-6
+
+
+def test_loss_is_zero_at_the_truth_on_the_same_quadrature():
+    """Eq. 28 vanishes when the data are the model moments of the truth on Q (a check of the
+    conventions: slices, density on Q, normalisation)."""
+    n = 11
+    # band-limited to the moments' disk radius, as the voxel model is
+    vol = _volume_from_half_spectrum(_half_spectrum_of(_two_gaussians(n)) * band_mask(n, ce.default_radius(n)), n)
+    vmf = VonMisesFisherMixture.random(8, generator=torch.Generator().manual_seed(0))
+    Q, _ = so3_quadrature(dtype=torch.float64)
+    mom = _quadrature_moments(vol, vmf, Q)
+    res = ce.fit(mom, steps=1, lr=1e-12, model="voxel", density="free", dtype="float64", verbose=False)
+    with torch.no_grad():
+        vm = res.model.volume
+        vm.coefficients.copy_(torch.view_as_real(_half_spectrum_of(vol) / res.scale / vm.scale * vm.band))
+        res.model.density.logits.copy_(torch.log(vmf.so3_density(res.model.rotations)))
+    e1, e2 = res.moment_errors()
+    assert e1 < 1e-10 and e2 < 1e-10
+    ev = ce.evaluate(res, vol, viewing=vmf)
+    assert ev["correlation"] > 0.9999 and ev["density_correlation"] > 0.9999
+    assert ev["moment_error_1"] == pytest.approx(e1) and ev["moment_error_2"] == pytest.approx(e2)
+
+
+def test_encoder_starts_uniform_and_is_differentiable():
+    lay = oc.MomentLayout(9, 2, 4)
+    enc = MomentEncoder(lay, 30)
+    g = torch.Generator().manual_seed(0)
+    M1 = torch.randn(lay.m, dtype=torch.complex64, generator=g)
+    M2 = torch.randn(lay.m, lay.m, dtype=torch.complex64, generator=g)
+    z = enc(M1, M2)
+    assert z.shape == (30,) and torch.allclose(z, torch.full((30,), 1 / 30))
+    (z * torch.arange(30.0)).sum().backward()
+    assert enc.head[-1].weight.grad is not None and float(enc.head[-1].weight.grad.abs().sum()) > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# fitting
+# ------------------------------------------------------------------------------------------------
+def _aligned_fsc(truth, est):
+    al = oc.metrics.align_volumes(truth, est)
+    return oc.metrics.fsc(truth, al.aligned)
+
+
+def _random_starts(n: int, k: int = 3) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(k):
+        u = torch.randn(n, n, n, generator=g, dtype=torch.float64)
+        u = oc.fourier.ifft3c(oc.fourier.fft3c(u) * torch.exp(-oc.fourier.radial_frequency(n, 3) ** 2 / 8)).real
+        out.append(u / u.norm())
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_gaussian_fit():
+    """Noiseless moments (the true vMF density on a finer rule than the model's, exact to
+    degree 15) of a 2-Gaussian 11³ volume, fitted by the voxel model with a free density."""
+    n = 11
+    vol = gaussian_mixture_volume(n, [[0.25 * n, 0.1 * n, 0.0], [-0.2 * n, -0.15 * n, 0.1 * n]],
+                                  [0.15 * n, 0.12 * n], [1.0, 0.7], dtype=torch.float64)
+    vol = vol / vol.norm()
+    vmf = VonMisesFisherMixture.random(8, generator=torch.Generator().manual_seed(0))
+    Qd, _ = so3_quadrature(exact_degree=15, inplane_offset=0.1, dtype=torch.float64)
+    mom = _quadrature_moments(vol, vmf, Qd)
+    threads = torch.get_num_threads()  # module-scoped: set up before tests/mom/conftest.py's one_thread
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            res = ce.fit(mom, model="voxel", density="free", steps=400, lr=1e-2, verbose=False)
+    finally:
+        torch.set_num_threads(threads)
+    return vol, res
+
+
+def test_fit_matches_the_moments(two_gaussian_fit, four_gaussian_fit):
+    for vol, res in (two_gaussian_fit, four_gaussian_fit):
+        assert res.history["loss"][-1] < 0.05 * res.history["loss"][0]
+        e1, e2 = res.moment_errors()
+        assert e1 < 0.005 and e2 < 0.05, (e1, e2)
+
+
+@pytest.fixture(scope="module")
+def four_gaussian_fit():
+    """The same for the four non-coplanar Gaussians of the paper (§5.2) at 11³, 400 steps."""
+    from orbitcore.physics import four_gaussians
+
+    n = 11
+    vol = four_gaussians(n).to(torch.float64)
+    vol = vol / vol.norm()
+    vmf = VonMisesFisherMixture.random(8, generator=torch.Generator().manual_seed(0))
+    Qd, _ = so3_quadrature(exact_degree=15, inplane_offset=0.1, dtype=torch.float64)
+    mom = _quadrature_moments(vol, vmf, Qd)
+    threads = torch.get_num_threads()  # module-scoped: set up before tests/mom/conftest.py's one_thread
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            res = ce.fit(mom, model="voxel", density="free", steps=400, lr=1e-2, verbose=False)
+    finally:
+        torch.set_num_threads(threads)
+    return vol, res
+
+
+def test_fit_recovers_four_gaussians_well_above_random_starts(four_gaussian_fit):
+    """Noiseless moments → the FSC-0.5 crossing of the fit lies ≥ 1.5 Fourier pixels beyond
+    those of three random starts and of the voxel model's own starting blob (measured: 5.0 vs
+    ≤ 2.4 of radius 5), and the aligned correlation is > 0.85 (measured 0.94)."""
+    from orbitcore.mom.cryoem_models import gaussian_blob
+
+    vol, res = four_gaussian_fit
+    e1, e2 = res.moment_errors()
+    assert e1 < 0.005 and e2 < 0.05, (e1, e2)
+    al = oc.metrics.align_volumes(vol, res.volume())
+    fit = oc.metrics.fsc(vol, al.aligned)
+    others = [_aligned_fsc(vol, u) for u in _random_starts(vol.shape[0])]
+    others.append(_aligned_fsc(vol, gaussian_blob(vol.shape[0], dtype=torch.float64)))
+    assert fit.shell_05 > max(o.shell_05 for o in others) + 1.5, (fit.shell_05, [o.shell_05 for o in others])
+    assert al.correlation > 0.85
+
+
+@pytest.mark.xfail(strict=True, reason="known limitation (issue 8 report): for two Gaussians (a volume with a "
+                   "continuous symmetry) at 11³ the fit matches the moments to <1% but lands in a volume whose "
+                   "FSC is only marginally above random starts' (the four-Gaussian test above passes)")
+def test_fit_recovers_two_gaussians_well_above_random_starts(two_gaussian_fit):
+    vol, res = two_gaussian_fit
+    fit = _aligned_fsc(vol, res.volume())
+    rand = [_aligned_fsc(vol, u) for u in _random_starts(vol.shape[0])]
+    # the 0.5 crossing (Fourier pixels) well beyond every random start's
+    assert fit.shell_05 > max(r.shell_05 for r in rand) + 1.0, (fit.shell_05, [r.shell_05 for r in rand])
+
+
+def test_checkpoint_resume_is_exact(tmp_path):
+    vol = _two_gaussians(9)
+    mom = ce.simulate_moments(vol, 200, verbose=False)
+    kw = dict(model="fouriernet", hidden=16, steps=6, lr=1e-3, n_directions=12, n_inplane=4, verbose=False)
+    full = ce.fit(mom, **kw)
+
+    def stop_at_3(step, rec):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(KeyboardInterrupt):
+        ce.fit(mom, checkpoint=ck, callback=stop_at_3, **kw)
+    assert ce.load_checkpoint(ck)["step"] == 3
+    resumed = ce.fit(mom, checkpoint=ck, **kw)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert full.history["loss"] == resumed.history["loss"]
+    # another configuration on the same checkpoint is refused
+    with pytest.raises(ValueError, match="another configuration"):
+        ce.fit(mom, checkpoint=ck, **{**kw, "lr": 2e-3})
+
+
+def test_write_outputs(tmp_path):
+    vol = _two_gaussians(9)
+    mom = ce.simulate_moments(vol, 200, verbose=False)
+    res = ce.fit(mom, model="voxel", steps=3, n_directions=12, n_inplane=4, verbose=False)
+    ev = ce.evaluate(res, vol)
+    summ = ce.write_outputs(res, tmp_path / "out", evaluation=ev)
+    for f in ("volume.mrc", "density.npz", "history.json", "summary.json", "directions.png", "loss.png", "fsc.png"):
+        assert (tmp_path / "out" / f).is_file(), f
+    v = oc.io.read_mrc(tmp_path / "out" / "volume.mrc")
+    v = v[0] if isinstance(v, tuple) else v
+    assert tuple(np.asarray(v).shape) == (9, 9, 9)
+    d = np.load(tmp_path / "out" / "density.npz")
+    assert d["density"].shape == (48,) and abs(d["weights"].sum() - 1) < 1e-6
+    assert abs(d["direction_density"].mean() - 1) < 1e-6
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["steps_done"] == 3 and "resolution_05_A" in s["evaluation"] and summ["q"] == 48
+
+
+# ------------------------------------------------------------------------------------------------
+# validation
+# ------------------------------------------------------------------------------------------------
+def test_input_validation():
+    vol = _two_gaussians(9)
+    with pytest.raises(ValueError, match="working_images.*square"):
+        ce.working_images(torch.zeros(3, 8, 9), 5)
+    with pytest.raises(ValueError, match="working_images.*only downsampling"):
+        ce.working_images(torch.zeros(3, 8, 8), 9)
+    with pytest.raises(TypeError, match="working_images.*real floating"):
+        ce.working_images(torch.zeros(3, 8, 8, dtype=torch.complex64), 5)
+    with pytest.raises(ValueError, match="moments_from_images.*sigma2"):
+        ce.moments_from_images(torch.zeros(4, 9, 9), sigma2="bogus", verbose=False)
+    with pytest.raises(ValueError, match="moments_from_images.*size"):
+        ce.moments_from_images(torch.zeros(4, 9, 9), 11, verbose=False)
+    with pytest.raises(FileNotFoundError, match="moments_from_images"):
+        ce.moments_from_images("/nonexistent/x.star", verbose=False)
+    with pytest.raises(ValueError, match="simulate_moments.*volume"):
+        ce.simulate_moments(torch.zeros(9, 9, 8), 10, verbose=False)
+    with pytest.raises(ValueError, match="simulate_moments.*viewing"):
+        ce.simulate_moments(vol, 10, viewing="gaussian", verbose=False)
+    with pytest.raises(ValueError, match="simulate_moments.*n_images"):
+        ce.simulate_moments(vol, 0, verbose=False)
+    mom = ce.simulate_moments(vol, 20, verbose=False)
+    with pytest.raises(TypeError, match="fit.*CryoEMMoments"):
+        ce.fit(mom.M1)
+    with pytest.raises(ValueError, match="FitConfig.*model"):
+        ce.fit(mom, model="mlp", verbose=False)
+    with pytest.raises(ValueError, match="FitConfig.*latent_dim"):
+        ce.fit(mom, model="voxel", latent_dim=4, verbose=False)
+    with pytest.raises(ValueError, match="FitConfig.*drop_fraction"):
+        ce.fit(mom, drop_fraction=1.5, verbose=False)
+    with pytest.raises(ValueError, match="evaluate.*truth"):
+        ce.evaluate(ce.fit(mom, model="voxel", steps=1, n_directions=12, n_inplane=4, verbose=False),
+                    torch.zeros(5, 5, 5))
+    with pytest.raises(FileNotFoundError, match="load_checkpoint"):
+        ce.load_checkpoint("/nonexistent/ck.pt")
+    with pytest.raises(ValueError, match="MomentEncoder.*window"):
+        MomentEncoder(oc.MomentLayout(9, 2, 4), 10, window=4)
+    with pytest.raises(ValueError, match="FourierNetVolume.*query"):
+        FourierNetVolume(9, 16, query="nearest")
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+def test_cli_mom_cryoem_simulate_and_resume(tmp_path, capsys):
+    from orbitcore import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["mom-cryoem", "--help"])
+    assert e.value.code == 0
+    assert "--particles" in capsys.readouterr().out
+    out = tmp_path / "run"
+    args = ["mom-cryoem", "--simulate", "gaussians", "--volume-size", "11", "--n-images", "300", "--vmf", "4",
+            "--model", "voxel", "--steps", "4", "--n-directions", "12", "--n-inplane", "4", "--out", str(out),
+            "--quiet"]
+    assert cli.main(args) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps_done"] == 4 and s["data"]["count"] == 300 and "resolution_05_A" in s["evaluation"]
+    for f in ("volume.mrc", "density.npz", "directions.png", "loss.png", "fsc.png", "moments.pt", "checkpoint.pt"):
+        assert (out / f).is_file(), f
+    # rerun with more steps: another configuration -> clear error; --restart starts over
+    more = list(args)
+    more[more.index("--steps") + 1] = "6"
+    assert cli.main(more) == 1
+    assert "another configuration" in capsys.readouterr().err
+    assert cli.main(more + ["--restart"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps_done"] == 6
+    # particles from an MRCS stack
+    stack = tmp_path / "p.mrcs"
+    oc.io.write_mrc(stack, np.random.default_rng(0).normal(size=(20, 13, 13)).astype(np.float32), voxel_size=2.0)
+    assert cli.main(["mom-cryoem", "--particles", str(stack), "--size", "9", "--model", "voxel", "--steps", "2",
+                     "--n-directions", "12", "--n-inplane", "4", "--out", str(tmp_path / "r2"), "--quiet",
+                     "--no-plots"]) == 0
+    s = json.loads((tmp_path / "r2" / "summary.json").read_text())
+    assert s["data"]["pixel_size_A"] == pytest.approx(2.0 * 13 / 9)
+    assert cli.main(["mom-cryoem", "--particles", str(tmp_path / "nope.star"), "--out", str(tmp_path / "r3"),
+                     "--quiet"]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_latent_fouriernet_fit_runs_and_resumes(tmp_path):
+    """The optional ξ^v branch: z_v from the moments feeds the FourierNet; gradients reach the
+    latent encoder (its last layer starts at zero, so only its bias/weight move at step 1)."""
+    vol = _two_gaussians(9)
+    mom = ce.simulate_moments(vol, 100, verbose=False)
+    res = ce.fit(mom, model="fouriernet", hidden=16, latent_dim=3, steps=3, lr=1e-3, n_directions=12,
+                 n_inplane=4, verbose=False)
+    head = res.model.latent.head[-1]
+    assert float(head.bias.abs().sum()) > 0
+    assert res.volume().shape == (9, 9, 9)
+
+
+def test_moments_from_star_file(shared_data):
+    star = shared_data / "relion31.star"
+    with pytest.warns(oc._validate.OrbitcoreWarning, match="CTF"):
+        mom = ce.moments_from_images(star, 33, verbose=False)
+    assert mom.count == 5 and mom.size == 33 and mom.pixel_size == pytest.approx(2.806 * 256 / 33, rel=1e-4)
+    imgs = oc.io.ParticleStack(star).images(np.arange(5))
+    M1r, M2r = _reference_moments(np.asarray(imgs, dtype=np.float64), 33, ce.default_radius(33), 0.0)
+    np.testing.assert_allclose(mom.M1.numpy(), M1r, rtol=0, atol=2e-5 * np.abs(M1r).max())
