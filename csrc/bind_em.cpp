@@ -198,9 +198,6 @@ void bind_em(py::module_& m) {
         py::arg("simd"), py::arg("stream"),
         "EM E-step over patches (seeds/002 eq. 23-25): log-evidence, posteriors and sufficient statistics "
         "(see orbitcore.ops.em).");
-  m.def(
-      "em_cpu_simd", [](const std::string& name) { return std::string(cpu::simd_name(cpu::parse_simd(name))); },
-      py::arg("name"), "The SIMD variant of the CPU EM kernel that `name` resolves to on this CPU.");
 }
 
 }  // namespace binding

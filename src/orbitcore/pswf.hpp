@@ -82,6 +82,32 @@ ORBITCORE_HD ORBITCORE_FORCEINLINE void angular(int N, double x, double y, doubl
   s = sin(N * phi);
 }
 
+// Basis functions at one point (x, y) (unit-disk coordinates) for one work item: the nn <= kChunk
+// consecutive function rows from row0 of one angular group (N, K). Row i goes to out[col_cos[i]]
+// (cos N phi part) and out[col_sin[i]] (sin part), a negative column meaning "not kept"; outside
+// the disk every value is 0.
+template <typename T>
+ORBITCORE_HD ORBITCORE_FORCEINLINE void eval_point_item(double x, double y, int N, int K, const T* d, index_t ld,
+                                                         int nn, const int* col_cos, const int* col_sin,
+                                                         T* out) {
+  const double r = sqrt(x * x + y * y);
+  if (r > 1.0) {
+    for (int i = 0; i < nn; ++i) {
+      if (col_cos[i] >= 0) out[col_cos[i]] = T(0);
+      if (col_sin[i] >= 0) out[col_sin[i]] = T(0);
+    }
+    return;
+  }
+  T rad[kChunk];
+  radial_chunk<T>(N, r, K, d, ld, nn, rad);
+  double c, s;
+  angular(N, x, y, c, s);
+  for (int i = 0; i < nn; ++i) {
+    if (col_cos[i] >= 0) out[col_cos[i]] = static_cast<T>(rad[i] * c);
+    if (col_sin[i] >= 0) out[col_sin[i]] = static_cast<T>(rad[i] * s);
+  }
+}
+
 // Features of one orbit of S pixels (S a compile-time constant, so the S x S product unrolls),
 // for a tile of ROWS images. Pixel j of image r is read at img[r * rs + pix[j] * ps] and feature i
 // written to y[r * ys + feat[i] * fs]: with ROWS = 1 and (rs, ps) = (npix, 1) these are row-major

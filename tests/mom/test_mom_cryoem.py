@@ -190,13 +190,9 @@ def _random_starts(n: int, k: int = 3) -> list[torch.Tensor]:
     return out
 
 
-@pytest.fixture(scope="module")
-def two_gaussian_fit():
-    """Noiseless moments (the true vMF density on a finer rule than the model's, exact to
-    degree 15) of a 2-Gaussian 11³ volume, fitted by the voxel model with a free density."""
-    n = 11
-    vol = gaussian_mixture_volume(n, [[0.25 * n, 0.1 * n, 0.0], [-0.2 * n, -0.15 * n, 0.1 * n]],
-                                  [0.15 * n, 0.12 * n], [1.0, 0.7], dtype=torch.float64)
+def _noiseless_voxel_fit(vol):
+    """Noiseless moments of ``vol / ‖vol‖`` (the true 8-component vMF density on a rule exact to
+    degree 15, finer than the model's) fitted by the voxel model with a free density, 400 steps."""
     vol = vol / vol.norm()
     vmf = VonMisesFisherMixture.random(8, generator=torch.Generator().manual_seed(0))
     Qd, _ = so3_quadrature(exact_degree=15, inplane_offset=0.1, dtype=torch.float64)
@@ -209,6 +205,16 @@ def two_gaussian_fit():
     finally:
         torch.set_num_threads(threads)
     return vol, res
+
+
+@pytest.fixture(scope="module")
+def two_gaussian_fit():
+    """Noiseless moments (the true vMF density on a finer rule than the model's, exact to
+    degree 15) of a 2-Gaussian 11³ volume, fitted by the voxel model with a free density."""
+    n = 11
+    vol = gaussian_mixture_volume(n, [[0.25 * n, 0.1 * n, 0.0], [-0.2 * n, -0.15 * n, 0.1 * n]],
+                                  [0.15 * n, 0.12 * n], [1.0, 0.7], dtype=torch.float64)
+    return _noiseless_voxel_fit(vol)
 
 
 def test_fit_matches_the_moments(two_gaussian_fit, four_gaussian_fit):
@@ -225,18 +231,7 @@ def four_gaussian_fit():
 
     n = 11
     vol = four_gaussians(n).to(torch.float64)
-    vol = vol / vol.norm()
-    vmf = VonMisesFisherMixture.random(8, generator=torch.Generator().manual_seed(0))
-    Qd, _ = so3_quadrature(exact_degree=15, inplane_offset=0.1, dtype=torch.float64)
-    mom = _quadrature_moments(vol, vmf, Qd)
-    threads = torch.get_num_threads()  # module-scoped: set up before tests/mom/conftest.py's one_thread
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            res = ce.fit(mom, model="voxel", density="free", steps=400, lr=1e-2, verbose=False)
-    finally:
-        torch.set_num_threads(threads)
-    return vol, res
+    return _noiseless_voxel_fit(vol)
 
 
 def test_fit_recovers_four_gaussians_well_above_random_starts(four_gaussian_fit):

@@ -52,8 +52,10 @@ def _simd() -> str:
 
 
 def cpu_simd(name: str = "auto") -> str:
-    """The SIMD variant of the CPU E-step that ``name`` resolves to on this CPU."""
-    return str(_ext.C.em_cpu_simd(name))
+    """The SIMD variant of the CPU E-step that ``name`` resolves to on this CPU (the E-step and the
+    moment kernels share one run-time dispatch, ``ORBITCORE_CPU_SIMD``). Raises ValueError for
+    an unknown level or one this CPU lacks."""
+    return str(_ext.C.cpu_simd(name))
 
 
 @functools.lru_cache(maxsize=64)

@@ -27,24 +27,8 @@ __global__ void eval_points_kernel(const T* __restrict__ points, index_t P, cons
   const index_t row0 = item_row[q];
   const index_t left = goff[g + 1] - row0;
   const int nn = static_cast<int>(left < pswf::kChunk ? left : pswf::kChunk);
-  const double x = static_cast<double>(points[2 * p]), y = static_cast<double>(points[2 * p + 1]);
-  const double r = sqrt(x * x + y * y);
-  T* o = out + p * M;
-  if (r > 1.0) {
-    for (int i = 0; i < nn; ++i) {
-      if (col_cos[row0 + i] >= 0) o[col_cos[row0 + i]] = T(0);
-      if (col_sin[row0 + i] >= 0) o[col_sin[row0 + i]] = T(0);
-    }
-    return;
-  }
-  T rad[pswf::kChunk];
-  pswf::radial_chunk<T>(gN[g], r, gK[g], d + row0 * ld, ld, nn, rad);
-  double c, s;
-  pswf::angular(gN[g], x, y, c, s);
-  for (int i = 0; i < nn; ++i) {
-    if (col_cos[row0 + i] >= 0) o[col_cos[row0 + i]] = static_cast<T>(rad[i] * c);
-    if (col_sin[row0 + i] >= 0) o[col_sin[row0 + i]] = static_cast<T>(rad[i] * s);
-  }
+  pswf::eval_point_item<T>(static_cast<double>(points[2 * p]), static_cast<double>(points[2 * p + 1]), gN[g],
+                           gK[g], d + row0 * ld, ld, nn, col_cos + row0, col_sin + row0, out + p * M);
 }
 
 template <typename T>
