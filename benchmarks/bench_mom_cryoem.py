@@ -16,7 +16,9 @@ quadrature, float32, density z = softmax(free logits)):
   in both)
     baseline  the network at all q·m rotated frequencies → dense M2 → norms → autograd.
     orbitcore ``FourierNetVolume(query="direct")``: the network at one representative of each
-              pair ±k (half the queries; the rest by Hermitian symmetry) → ``moment_loss``;
+              pair ±k (Hermitian symmetry) and at one rotation of each pair Q, Q·Rz(π) of
+              the quadrature (its slice is S(−k)): a quarter of the queries, the same
+              values → ``moment_loss``;
               and ``query="grid"`` (network on the n³ half spectrum → inverse FT →
               ``fourier_slice``).
 

@@ -97,7 +97,8 @@ def run(args) -> int:
         mom.save(mpath)
     cfg = ce.FitConfig(model=args.model, query=args.query, hidden=args.hidden, density=args.density,
                        n_directions=args.n_directions, n_inplane=args.n_inplane, exact_degree=args.exact_degree,
-                       steps=args.steps, lr=args.lr, squared=args.squared, seed=args.seed, latent_dim=args.latent_dim)
+                       steps=args.steps, lr=args.lr, squared=args.squared, seed=args.seed, latent_dim=args.latent_dim,
+                       optimizer=args.optimizer, dtype=args.dtype)
     res = ce.fit(mom, cfg, checkpoint=out / "checkpoint.pt", checkpoint_every=args.checkpoint_every,
                  resume=not args.restart, verbose=verbose)
     ev = None
@@ -151,7 +152,11 @@ def register(sub) -> None:
     fit.add_argument("--n-directions", type=int, default=None, help="quadrature: design points (default 100)")
     fit.add_argument("--n-inplane", type=int, default=None, help="quadrature: in-plane angles (default 12)")
     fit.add_argument("--exact-degree", type=int, default=None, help="quadrature exact to this degree instead")
-    fit.add_argument("--steps", type=int, default=2000, help="Adam steps (lr/10 for the second half)")
+    fit.add_argument("--optimizer", choices=("adam", "lbfgs"), default="adam",
+                     help="adam (the paper; lr/10 for the second half) or lbfgs (full-batch quasi-Newton, "
+                          "recommended with --model voxel --squared; stops when it converges)")
+    fit.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    fit.add_argument("--steps", type=int, default=2000, help="optimiser steps (L-BFGS: iterations)")
     fit.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4 FourierNet, 1e-2 voxel)")
     fit.add_argument("--squared", action="store_true", help="squared Frobenius norms in eq. 28")
     fit.add_argument("--checkpoint-every", type=int, default=100)

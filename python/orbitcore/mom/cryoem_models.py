@@ -160,7 +160,9 @@ class FourierNetVolume(VolumeModel):
             SIREN's w0 = 30).
         query: ``"direct"`` (the paper: ``v̂_φ(Q_j · (kx, ky, 0))`` for one representative of
             each pair ``±k`` of the moment frequencies per plane; cost ``q · m / 2`` network
-            queries) or ``"grid"`` (``v̂_φ`` on the half spectrum of the ``n³`` grid, inverse FT,
+            queries, ``q · m / 4`` when the rotations come in pairs ``Q_j' = Q_j Rz(π)``, as in
+            every quadrature with an even number of equally spaced in-plane angles: then
+            ``S_j'(k) = v̂(−Q_j k) = S_j(−k)`` and only one rotation of each pair is queried) or ``"grid"`` (``v̂_φ`` on the half spectrum of the ``n³`` grid, inverse FT,
             slices of the ``pad``-fold padded FT; cost ``n³ / 2`` queries + FFTs).
         latent_dim: size of the optional latent ``z_v`` (0: none); the network then reads
             ``(k, z_v)`` and :meth:`set_latent` must be called before querying.
@@ -225,6 +227,34 @@ class FourierNetVolume(VolumeModel):
             self._cache[key] = (rep.to(device), conj[rep].to(device), kpts.to(device))
         return self._cache[key]
 
+    def _pi_pairs(self, rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(primary, secondary, source)``: the rotations to query, those that are the π in-plane
+        turn of one of them (``Q_s = Q_p Rz(π)`` to 1e-5), and for each secondary the position in
+        ``primary`` of its partner. Cached for the last rotation set (a constant buffer in fits).
+        Rotations that need gradients are all queried (no pairs)."""
+        q = rotations.shape[0]
+        if rotations.requires_grad:
+            u = torch.arange(q, device=rotations.device)
+            return u, u[:0], u[:0]
+        hit = self._cache.get("pi_pairs")
+        if hit is None or hit[0].shape != rotations.shape or hit[0].device != rotations.device or \
+                hit[0].dtype != rotations.dtype or not torch.equal(hit[0], rotations):
+            R = rotations.detach().to(torch.float64).cpu()
+            flip = torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64)
+            dist = torch.cdist((R * flip).reshape(q, 9), R.reshape(q, 9))  # ‖Q_i Rz(π) − Q_j‖
+            m, j = dist.min(1)
+            u = torch.arange(q)
+            j = torch.where(m < 1e-5, j, u)
+            paired = (j != u) & (j[j] == u)
+            primary = u[~paired | (u < j)]
+            secondary = u[paired & (u > j)]
+            pos = torch.full((q,), -1, dtype=torch.long)
+            pos[primary] = torch.arange(len(primary))
+            dev = rotations.device
+            hit = (rotations.detach().clone(), (primary.to(dev), secondary.to(dev), pos[j[secondary]].to(dev)))
+            self._cache["pi_pairs"] = hit
+        return hit[1]
+
     def slices(self, rotations: torch.Tensor, layout: MomentLayout) -> torch.Tensor:
         """Complex ``(q, m)`` slices at ``layout``'s frequencies (module docstring)."""
         fn = "FourierNetVolume.slices"
@@ -234,12 +264,19 @@ class FourierNetVolume(VolumeModel):
         if self.query == "grid":
             return _padded_slices(self.volume_differentiable(), rotations, layout, self.pad)
         rep, partner, kpts = self._representatives(layout, rotations.device)
-        pts = torch.einsum("qij,pj->qpi", rotations.to(dt), kpts.to(dt))  # Q_j · (kx, ky, 0)
-        vals = self.net(pts)  # (q, P)
-        S = vals.new_zeros((rotations.shape[0], layout.m))
+        primary, secondary, source = self._pi_pairs(rotations)
+        pts = torch.einsum("qij,pj->qpi", rotations[primary].to(dt), kpts.to(dt))  # Q_j · (kx, ky, 0)
+        vals = self.net(pts)  # (q_primary, P)
+        S = vals.new_zeros((len(primary), layout.m))
         S = S.index_copy(1, partner, torch.conj_physical(vals))
         # representatives last: a self-conjugate frequency (DC) keeps its (real) value
-        return S.index_copy(1, rep, vals)
+        S = S.index_copy(1, rep, vals)
+        if len(secondary) == 0:
+            return S
+        conj = layout.conjugate.to(S.device)
+        out = S.new_zeros((rotations.shape[0], layout.m))
+        out = out.index_copy(0, primary, S)
+        return out.index_copy(0, secondary, S[source][:, conj])  # S_{Q Rz(π)}(k) = S_Q(−k)
 
     def volume_ft(self) -> torch.Tensor:
         """``v̂_φ`` on the centred ``n³`` Fourier grid (complex, ``[z, y, x]``), no gradient."""
