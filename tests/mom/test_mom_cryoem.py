@@ -461,6 +461,12 @@ def test_cli_mom_cryoem_simulate_and_resume(tmp_path, capsys):
     assert "another configuration" in capsys.readouterr().err
     assert cli.main(more + ["--restart"]) == 0
     assert json.loads((out / "summary.json").read_text())["steps_done"] == 6
+    # L-BFGS in float64, reusing the moments written above
+    assert cli.main(more + ["--restart", "--optimizer", "lbfgs", "--squared", "--dtype", "float64"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["config"]["optimizer"] == "lbfgs" and s["config"]["dtype"] == "float64"
+    h = json.loads((out / "history.json").read_text())
+    assert h["loss"][-1] < h["loss"][0]
     # particles from an MRCS stack
     stack = tmp_path / "p.mrcs"
     oc.io.write_mrc(stack, np.random.default_rng(0).normal(size=(20, 13, 13)).astype(np.float32), voxel_size=2.0)
