@@ -45,18 +45,30 @@ def main() -> None:
     p.add_argument("--radii", default="8", help="comma-separated disk radii of the marching stages")
     p.add_argument("--iters", type=int, default=1500, help="L-BFGS iterations per stage")
     p.add_argument("--density", choices=("oracle", "free"), default="oracle")
+    p.add_argument("--kappa", default="2,20", help="range of the vMF concentrations (VonMisesFisherMixture.random)")
+    p.add_argument("--start", type=int, default=-1, help="-1: the Gaussian blob; k >= 0: a random smooth start, seed k")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     data, _ = read_mrc(a.map)
     vol = oc.fourier.downsample(torch.from_numpy(data).double(), a.n, 3)
     vol = vol / vol.norm()
-    vmf = VonMisesFisherMixture.random(8, generator=torch.Generator().manual_seed(0))
+    kappa = tuple(float(x) for x in a.kappa.split(","))
+    vmf = VonMisesFisherMixture.random(8, kappa, generator=torch.Generator().manual_seed(0))
     mom = exact_moments(vol, vmf, so3_quadrature(dtype=torch.float64)[0])
     cfg = ce.FitConfig(model="voxel", density="free", dtype="float64").validate()
     scale = ce._moment_scale(mom.M2)
     M1n, M2n = ce._normalised(mom, scale, torch.float64)
     model = ce.build_model(mom, cfg)
+    if a.start >= 0:
+        from orbitcore.mom.cryoem_models import VoxelVolume, gaussian_blob  # noqa: PLC0415
+
+        g = torch.Generator().manual_seed(a.start)
+        u = torch.randn(a.n, a.n, a.n, generator=g, dtype=torch.float64)
+        u = oc.fourier.ifft3c(oc.fourier.fft3c(u) * torch.exp(-oc.fourier.radial_frequency(a.n, 3) ** 2 / 8)).real
+        b = gaussian_blob(a.n, dtype=torch.float64)
+        model.volume = VoxelVolume(a.n, b + 0.5 * float(b.max()) * u / u.abs().max(), radius=mom.radius,
+                                   dtype=torch.float64)
     params = list(model.volume.parameters())
     if a.density == "oracle":
         with torch.no_grad():
@@ -86,7 +98,7 @@ def main() -> None:
         opt.step(closure)
         res = ce.MoMResult(model, cfg, mom, scale, float(M1n.norm() / M2n.norm()), {"loss": [0.0]}, 0.0)
         ev = ce.evaluate(res, vol)
-        print(f"n={a.n} r={r:g} density={a.density} {time.time() - t0:.0f}s  moment errors "
+        print(f"n={a.n} kappa={a.kappa} start={a.start} r={r:g} density={a.density} {time.time() - t0:.0f}s  moment errors "
               f"{ev['moment_error_1']:.5f} / {ev['moment_error_2']:.5f}  FSC-0.5 {ev['resolution_05_px']:.2f} px  "
               f"corr {ev['correlation']:.3f}", flush=True)
 
