@@ -23,19 +23,8 @@ import orbitcore as oc
 from orbitcore.geometry import VonMisesFisherMixture, so3_quadrature
 from orbitcore.io import read_mrc
 from orbitcore.mom import cryoem as ce
-from orbitcore.physics.projection import prepare_volume_ft
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def exact_moments(vol: torch.Tensor, viewing: VonMisesFisherMixture, Q: torch.Tensor) -> ce.CryoEMMoments:
-    n = vol.shape[0]
-    z = viewing.so3_density(Q)
-    z = z / z.sum()
-    lay = oc.MomentLayout(n, 2, ce.default_radius(n))
-    S = lay.gather(oc.fourier_slice(prepare_volume_ft(vol, 2), 2 * Q, n, lay.radius, hermitian=True, check=False))
-    M1, M2 = oc.model_moments(S, z)
-    return ce.CryoEMMoments(M1, M2, lay, 1, 0.0, 1.0, n, {"source": "exact (quadrature)"})
 
 
 def main() -> None:
@@ -55,7 +44,7 @@ def main() -> None:
     vol = vol / vol.norm()
     kappa = tuple(float(x) for x in a.kappa.split(","))
     vmf = VonMisesFisherMixture.random(8, kappa, generator=torch.Generator().manual_seed(0))
-    mom = exact_moments(vol, vmf, so3_quadrature(dtype=torch.float64)[0])
+    mom = ce.exact_moments(vol, vmf, so3_quadrature(dtype=torch.float64)[0])
     cfg = ce.FitConfig(model="voxel", density="free", dtype="float64").validate()
     scale = ce._moment_scale(mom.M2)
     M1n, M2n = ce._normalised(mom, scale, torch.float64)

@@ -18,7 +18,7 @@ from orbitcore.mom import cryoem as ce
 from orbitcore.mom.cryoem_models import (FourierNetVolume, MomentEncoder, VoxelVolume, _half_spectrum_of,
                                          _volume_from_half_spectrum, band_mask)
 from orbitcore.physics import gaussian_mixture_volume
-from orbitcore.physics.projection import Projector, prepare_volume_ft
+from orbitcore.physics.projection import Projector
 
 
 def _two_gaussians(n: int) -> torch.Tensor:
@@ -29,13 +29,7 @@ def _two_gaussians(n: int) -> torch.Tensor:
 
 def _quadrature_moments(vol: torch.Tensor, viewing, Q: torch.Tensor) -> ce.CryoEMMoments:
     """Noiseless moments (eq. 20 with the true density) of ``vol`` on the rule ``Q``, float64."""
-    n = vol.shape[0]
-    rho = viewing.so3_density(Q)
-    z = rho / rho.sum()
-    lay = oc.MomentLayout(n, 2, ce.default_radius(n))
-    S = lay.gather(oc.fourier_slice(prepare_volume_ft(vol, 2), 2 * Q, n, lay.radius, hermitian=True, check=False))
-    M1, M2 = oc.model_moments(S, z)
-    return ce.CryoEMMoments(M1, M2, lay, 1, 0.0, 1.0, n, {"source": "quadrature"})
+    return ce.exact_moments(vol, viewing, Q)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,6 +102,28 @@ def test_moments_save_load_roundtrip(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # model side
 # ------------------------------------------------------------------------------------------------
+def test_exact_moments_are_the_density_weighted_projector_moments():
+    """exact_moments = Σ_j ρ(Q_j) S_j (S_j S_j^*) / Σ ρ with S_j the FT of the projector's images
+    (the physics path: real-space projection, then fft2c), float64."""
+    n = 9
+    vol = _two_gaussians(n)
+    vmf = VonMisesFisherMixture.random(4, generator=torch.Generator().manual_seed(3))
+    Q, _ = so3_quadrature(12, 4, strength=5, dtype=torch.float64)
+    mom = ce.exact_moments(vol, vmf, Q)
+    lay = mom.layout
+    S = lay.gather(oc.fourier.fft2c(Projector(vol, pad=2)(Q)))
+    rho = vmf.so3_density(Q)
+    z = (rho / rho.sum()).to(S.dtype)
+    M1 = z @ S
+    M2 = (S.T * z) @ S.conj()
+    assert float((mom.M1 - M1).norm() / M1.norm()) < 1e-6
+    assert float((mom.M2 - M2).norm() / M2.norm()) < 1e-6
+    with pytest.raises(TypeError, match="exact_moments.*viewing"):
+        ce.exact_moments(vol, 3.0, Q)
+    with pytest.raises(ValueError, match="exact_moments.*rotations"):
+        ce.exact_moments(vol, vmf, Q[:, :2])
+
+
 def test_fouriernet_direct_and_grid_slices_are_hermitian_and_consistent():
     n = 9
     lay = oc.MomentLayout(n, 2, ce.default_radius(n))
@@ -327,30 +343,14 @@ def test_lbfgs_steps_are_the_iterations_of_one_lbfgs_run():
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
 
 
-def test_lbfgs_checkpoint_resume_is_exact(tmp_path):
-    vol = _two_gaussian_volume(9)
-    mom = ce.simulate_moments(vol, 200, verbose=False)
-    kw = dict(model="voxel", density="free", optimizer="lbfgs", steps=8, n_directions=12, n_inplane=4,
-              dtype="float64", verbose=False)
-    full = ce.fit(mom, **kw)
-
-    def stop_at_4(step, rec):
-        if step == 4:
-            raise KeyboardInterrupt
-
-    ck = tmp_path / "ck.pt"
-    with pytest.raises(KeyboardInterrupt):
-        ce.fit(mom, checkpoint=ck, callback=stop_at_4, **kw)
-    resumed = ce.fit(mom, checkpoint=ck, **kw)
-    for p, q in zip(full.model.parameters(), resumed.model.parameters()):
-        assert torch.equal(p, q)
-    assert full.history["loss"] == resumed.history["loss"]
-
-
-def test_checkpoint_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("kw", [
+    dict(model="fouriernet", hidden=16, steps=6, lr=1e-3),
+    dict(model="voxel", density="free", optimizer="lbfgs", steps=6, dtype="float64"),  # L-BFGS history resumes
+], ids=["adam-fouriernet", "lbfgs-voxel"])
+def test_checkpoint_resume_is_exact(tmp_path, kw):
     vol = _two_gaussians(9)
     mom = ce.simulate_moments(vol, 200, verbose=False)
-    kw = dict(model="fouriernet", hidden=16, steps=6, lr=1e-3, n_directions=12, n_inplane=4, verbose=False)
+    kw = dict(kw, n_directions=12, n_inplane=4, verbose=False)
     full = ce.fit(mom, **kw)
 
     def stop_at_3(step, rec):
@@ -369,7 +369,7 @@ def test_checkpoint_resume_is_exact(tmp_path):
     assert full.history["loss"] == resumed.history["loss"]
     # another configuration on the same checkpoint is refused
     with pytest.raises(ValueError, match="another configuration"):
-        ce.fit(mom, checkpoint=ck, **{**kw, "lr": 2e-3})
+        ce.fit(mom, checkpoint=ck, **{**kw, "steps": 7})
 
 
 def test_write_outputs(tmp_path):

@@ -341,6 +341,50 @@ def moments_from_images(source, size: int | None = None, *, radius: float | None
     return CryoEMMoments(res.M1, res.M2, res.layout, res.count, res.sigma2, px0 * n0 / n, n0, meta)
 
 
+def exact_moments(volume, viewing, rotations: torch.Tensor, *, radius: float | None = None,
+                  pad: int = 2) -> CryoEMMoments:
+    """The population moments (N = ∞, no noise) of ``volume`` under a rotation density,
+    integrated by a quadrature rule: eq. 20 with ``z_j ∝ ρ(Q_j)``, float64.
+
+    Exact when the rule integrates the slices' products with ``ρ`` exactly (a rule exact to a
+    high enough degree, :func:`orbitcore.geometry.so3_quadrature`); with the model's own rule
+    they are the moments a perfect fit reproduces exactly (diagnostics, tests).
+
+    Args:
+        volume: real ``(n, n, n)`` map (the working size; crop first).
+        viewing: a :class:`orbitcore.geometry.VonMisesFisherMixture` (or anything with
+            ``so3_density(rotations) -> (q,)``) or ``"uniform"``.
+        rotations: the rule ``(q, 3, 3)``; its weights are taken uniform (so3_quadrature's).
+        radius: disk of frequencies (default :func:`default_radius`).
+        pad: padding of the slices' Fourier transform (the projector's, 2).
+    """
+    from ..ops.slice import fourier_slice  # noqa: PLC0415
+    from ..physics.projection import prepare_volume_ft  # noqa: PLC0415
+
+    fn = "exact_moments"
+    v, _ = to_tensor(volume, fn, "volume")
+    if v.dim() != 3 or len(set(v.shape)) != 1 or v.is_complex():
+        fail(fn, f"volume must be a real cube (n, n, n), got {v.dtype} {tuple(v.shape)}")
+    if not isinstance(rotations, torch.Tensor) or rotations.dim() != 3 or tuple(rotations.shape[1:]) != (3, 3):
+        fail(fn, f"rotations must be a (q, 3, 3) tensor, got {getattr(rotations, 'shape', type(rotations).__name__)}")
+    n = v.shape[0]
+    Q = rotations.detach().to(torch.float64).cpu()
+    if isinstance(viewing, str) and viewing == "uniform":
+        rho = torch.ones(len(Q), dtype=torch.float64)
+    elif hasattr(viewing, "so3_density"):
+        rho = viewing.so3_density(Q).to(torch.float64)
+    else:
+        fail(fn, f"viewing must be 'uniform' or a density with so3_density (VonMisesFisherMixture), got "
+                 f"{type(viewing).__name__}", TypeError)
+    r = default_radius(n) if radius is None else check_float(fn, "radius", radius, positive=True)
+    pad = check_int(fn, "pad", pad, minimum=1)
+    lay = MomentLayout(n, 2, r)
+    V = prepare_volume_ft(v.detach().to(torch.float64).cpu(), pad)
+    S = lay.gather(fourier_slice(V, pad * Q, n, lay.radius, hermitian=True, check=False))
+    M1, M2 = model_moments(S, rho / rho.sum())
+    return CryoEMMoments(M1, M2, lay, 1, 0.0, 1.0, n, {"source": "exact (quadrature)", "q": len(Q)})
+
+
 def simulate_moments(volume, n_images: int, *, viewing="uniform", sigma: float = 0.0, size: int | None = None,
                      radius: float | None = None, pixel_size: float = 1.0, batch_size: int = 4096,
                      debias: bool = True, pad: int = 2, seed: int | None = 0,
