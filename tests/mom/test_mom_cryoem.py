@@ -205,7 +205,21 @@ def test_loss_is_zero_at_the_truth_on_the_same_quadrature():
     assert e1 < 1e-10 and e2 < 1e-10
     ev = ce.evaluate(res, vol, viewing=vmf)
     assert ev["correlation"] > 0.9999 and ev["density_correlation"] > 0.9999
+    assert ev["direction_density_correlation"] > 0.9999
     assert ev["moment_error_1"] == pytest.approx(e1) and ev["moment_error_2"] == pytest.approx(e2)
+    # moving weight between the in-plane angles of each direction changes the density on Q but
+    # not the direction density
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        res.model.density.logits.add_(torch.rand(res.model.q, generator=g, dtype=torch.float64) * 2.0)
+        z = res.density()
+        groups = torch.unique(torch.round(res.rotations[:, :, 2].double() * 1e6), dim=0, return_inverse=True)[1]
+        target = torch.zeros(int(groups.max()) + 1, dtype=torch.float64).index_add_(
+            0, groups, vmf.so3_density(res.model.rotations).double())
+        have = torch.zeros_like(target).index_add_(0, groups, z.double())
+        res.model.density.logits.add_(torch.log(target / target.sum() / have)[groups])
+    ev = ce.evaluate(res, vol, viewing=vmf)
+    assert ev["density_correlation"] < 0.99 and ev["direction_density_correlation"] > 0.9999
 
 
 def test_encoder_starts_uniform_and_is_differentiable():

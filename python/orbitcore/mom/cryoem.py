@@ -940,7 +940,15 @@ def evaluate(result: MoMResult, truth, *, truth_pixel_size: float | None = None,
         rho_true = viewing.so3_density(Qt)
         rho_est = result.density()
         c = torch.corrcoef(torch.stack((rho_true, rho_est)))[0, 1]
-        out.update({"density_true_on_Q": rho_true, "density_correlation": float(c)})
+        # the same on the viewing directions (in-plane angles summed): the part of ρ that the
+        # moments of a smooth volume constrain best (the truth is uniform in-plane)
+        _, inv = torch.unique(torch.round(Q[:, :, 2] * 1e6), dim=0, return_inverse=True)
+        q1 = int(inv.max()) + 1
+        d_true = torch.zeros(q1, dtype=torch.float64).index_add_(0, inv, rho_true.to(torch.float64))
+        d_est = torch.zeros(q1, dtype=torch.float64).index_add_(0, inv, rho_est.to(torch.float64))
+        cd = torch.corrcoef(torch.stack((d_true, d_est)))[0, 1]
+        out.update({"density_true_on_Q": rho_true, "density_correlation": float(c),
+                    "direction_density_correlation": float(cd)})
     return out
 
 
