@@ -35,7 +35,7 @@ import torch
 from .._validate import check_float, check_int, fail
 from .model import AmortizedModel, ModelConfig
 
-__all__ = ["TrainConfig", "Trainer", "EvaluationResult", "evaluate", "predict_poses", "load_checkpoint",
+__all__ = ["TrainConfig", "Trainer", "loss_radius", "EvaluationResult", "evaluate", "predict_poses", "load_checkpoint",
            "model_from_checkpoint",
            "CHECKPOINT_FORMAT"]
 
@@ -60,6 +60,13 @@ class TrainConfig:
         log_every: steps between history entries.
         seed: minibatch order (epoch ``e`` uses a permutation drawn from ``seed`` and ``e``).
         use_ctf: apply the particles' CTF in the decoder (the file must have CTF columns).
+        radius_start: frequency curriculum ("frequency marching"): the loss (and the slices)
+            are restricted to the disk ``|k| <= radius_start`` Fourier pixels at first, where
+            the image loss is a smooth function of the pose, and the disk then grows to the
+            model's radius (:func:`loss_radius`). None: the full radius from the first step.
+        radius_hold: steps at ``radius_start`` before the disk starts growing.
+        radius_ramp: steps over which the radius then grows linearly to the model's radius.
+            The radius is a pure function of the step, so resumed runs follow the same schedule.
     """
 
     steps: int = 1000
@@ -72,6 +79,9 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     use_ctf: bool = True
+    radius_start: float | None = None
+    radius_hold: int = 0
+    radius_ramp: int = 0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -89,9 +99,43 @@ class TrainConfig:
         self.seed = check_int(fn, "seed", self.seed)
         if not isinstance(self.use_ctf, bool):
             fail(fn, f"use_ctf must be True or False, got {self.use_ctf!r}", TypeError)
+        if self.radius_start is not None:
+            self.radius_start = check_float(fn, "radius_start", self.radius_start, positive=True)
+        self.radius_hold = check_int(fn, "radius_hold", self.radius_hold, minimum=0)
+        self.radius_ramp = check_int(fn, "radius_ramp", self.radius_ramp, minimum=0)
+        if self.radius_start is None and (self.radius_hold or self.radius_ramp):
+            fail(fn, f"radius_hold = {self.radius_hold} and radius_ramp = {self.radius_ramp} need radius_start "
+                     "(the curriculum's first radius), got radius_start=None")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def loss_radius(step: int, radius: float, start: float | None = None, hold: int = 0, ramp: int = 0) -> float:
+    """Radius (Fourier pixels) of the loss disk at optimisation step ``step`` (0-based) under
+    the frequency curriculum of :class:`TrainConfig`::
+
+        r(s) = start                                            s < hold
+        r(s) = start + (radius − start) · (s − hold) / ramp     hold <= s < hold + ramp
+        r(s) = radius                                           s >= hold + ramp
+
+    ``start=None`` (no curriculum): ``radius`` at every step. A pure function of the step.
+    """
+    fn = "loss_radius"
+    step = check_int(fn, "step", step, minimum=0)
+    radius = check_float(fn, "radius", radius, positive=True)
+    hold = check_int(fn, "hold", hold, minimum=0)
+    ramp = check_int(fn, "ramp", ramp, minimum=0)
+    if start is None:
+        return radius
+    start = check_float(fn, "start", start, positive=True)
+    if start > radius:
+        fail(fn, f"start must be <= radius = {radius:g} Fourier pixels, got {start:g}")
+    if step < hold:
+        return start
+    if step >= hold + ramp:
+        return radius
+    return start + (radius - start) * (step - hold) / ramp
 
 
 class _EpochBatches(torch.utils.data.Sampler):
@@ -199,6 +243,9 @@ class Trainer:
                      "CTF (use_ctf=False, --no-ctf) if the images have none")
         if mc.shifts == "known" and stack.shifts is None:
             fail(fn, f"{stack.table.path}: shifts='known' needs rlnOriginX/Y(Angst) columns in the particle file")
+        if self.config.radius_start is not None and self.config.radius_start > mc.radius:
+            fail(fn, f"radius_start must be <= the model's radius {mc.radius:g} Fourier pixels, got "
+                     f"{self.config.radius_start:g}")
         if len(stack) < 2 and mc.batch_norm:
             fail(fn, f"need at least 2 particles (batch normalisation), got {len(stack)}")
         self.verbose = verbose
@@ -240,6 +287,12 @@ class Trainer:
             self.batch_in_epoch = 0
 
     # ------------------------------------------------------------------ one step
+    def radius_at(self, step: int | None = None) -> float:
+        """Loss radius (Fourier pixels) at ``step`` (default: the next step), :func:`loss_radius`."""
+        c = self.config
+        return loss_radius(self.step if step is None else step, self.model.config.radius, c.radius_start,
+                           c.radius_hold, c.radius_ramp)
+
     def train_step(self, batch: dict) -> dict:
         """One optimisation step on a collated batch (dict from the ParticleStack)."""
         model, c = self.model, self.config
@@ -247,7 +300,8 @@ class Trainer:
         ctf = _batch_ctf(batch, model.n, images.dtype) if c.use_ctf else None
         shifts = batch["shift"].to(images.dtype) if model.config.shifts == "known" else None
         model.train()
-        out = model(images, ctf, shifts)
+        radius = self.radius_at()
+        out = model(images, ctf, shifts, radius=radius)
         if not torch.isfinite(out.loss):
             fail("Trainer.train_step", f"the loss became {float(out.loss)} at step {self.step} (diverged); lower "
                                        "the learning rates or the clipping threshold and resume from the last "
@@ -261,7 +315,8 @@ class Trainer:
         self.step += 1
         self.batch_in_epoch += 1
         return {"loss": float(out.loss.detach()), "loss_direct": float(out.loss_direct.detach().mean()),
-                "flipped": float(out.flipped.float().mean()), "grad_norm": gn, "images": images.shape[0]}
+                "flipped": float(out.flipped.float().mean()), "grad_norm": gn, "images": images.shape[0],
+                "radius": radius}
 
     # ------------------------------------------------------------------ the loop
     def fit(self, steps: int | None = None, *, callback=None, callback_every: int | None = None) -> list[dict]:
@@ -303,7 +358,7 @@ class Trainer:
                              "flipped_fraction": float(np.mean([w["flipped"] for w in window])),
                              "grad_norm": (float(np.mean([w["grad_norm"] for w in window]))
                                            if window[0]["grad_norm"] is not None else None),
-                             "images_per_s": rate, "train_time_s": self.elapsed}
+                             "radius": window[-1]["radius"], "images_per_s": rate, "train_time_s": self.elapsed}
                     self.history.append(entry)
                     bar.set_postfix(loss=f"{entry['loss']:.4g}", img_s=f"{rate:.0f}", epoch=f"{entry['epoch']:.2f}")
                     window, imgs_since, t_last = [], 0, now

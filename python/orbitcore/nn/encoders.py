@@ -142,14 +142,19 @@ class PoseEncoder(nn.Module):
             whitened outputs cannot collapse onto one orientation, the stable failure of
             amortized training from scratch (every predicted viewing direction equal, the
             volume the mean image extruded along it). Not in the papers; off by default here.
+        heads: number of rotation hypotheses per image (multi-choice encoder, cf. CryoSPIN):
+            the rotation head predicts ``heads`` rotations (whitened jointly when
+            ``whiten_rotation``); ``forward`` then returns rotations ``(B, heads, 3, 3)``. The
+            translation head stays single. 1 (default): rotations ``(B, 3, 3)``.
     """
 
     def __init__(self, n: int, channels: tuple[int, ...] = (32, 64, 128, 256), filters: int = 5,
                  rotation: str = "s2s2", hidden: tuple[int, ...] = (512, 256), max_shift: float | None = None,
-                 batch_norm: bool = True, whiten_rotation: bool = False):
+                 batch_norm: bool = True, whiten_rotation: bool = False, heads: int = 1):
         super().__init__()
         fn = "PoseEncoder"
         self.n = check_int(fn, "n", n, minimum=4)
+        self.heads = check_int(fn, "heads", heads, minimum=1)
         if rotation not in ROTATION_HEADS:
             fail(fn, f"rotation must be one of {sorted(ROTATION_HEADS)}, got {rotation!r}")
         if len(channels) < 1 or self.n >> len(channels) < 1:
@@ -165,9 +170,9 @@ class PoseEncoder(nn.Module):
         self.features = nn.Sequential(*blocks)
         side = self.n >> len(channels)
         d = c * side * side
-        self.rotation_head = _mlp(d, tuple(hidden), ROTATION_HEADS[rotation])
+        self.rotation_head = _mlp(d, tuple(hidden), self.heads * ROTATION_HEADS[rotation])
         if whiten_rotation:
-            self.rotation_head.append(BatchWhitening(ROTATION_HEADS[rotation]))
+            self.rotation_head.append(BatchWhitening(self.heads * ROTATION_HEADS[rotation]))
         self.translation_head = _mlp(d, tuple(hidden), 2)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -187,8 +192,12 @@ class PoseEncoder(nn.Module):
         return relion_euler_to_matrix(deg[:, 0], deg[:, 1], deg[:, 2])
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotations ``(B, 3, 3)`` (``(B, heads, 3, 3)`` with several heads), shifts ``(B, 2)``."""
         f = self.embed(images)
-        R = self.rotation_from_head(self.rotation_head(f))
+        h = self.rotation_head(f)
+        B = h.shape[0]
+        R = self.rotation_from_head(h.reshape(B * self.heads, -1))
+        R = R.view(B, self.heads, 3, 3) if self.heads > 1 else R.view(B, 3, 3)
         t = self.translation_head(f)
         if self.max_shift is not None:
             t = self.max_shift * torch.tanh(t)
