@@ -25,7 +25,7 @@ import time
 import torch
 
 import orbitcore as oc
-from orbitcore.amortized import Trainer, predict_poses
+from orbitcore.amortized import Trainer, predict_poses, recalibrate_statistics
 
 
 def data(args) -> pathlib.Path:
@@ -45,6 +45,8 @@ def main():
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--data-seed", type=int, default=1)
     ap.add_argument("--frozen", action="store_true", help="true volume, frozen (encoder only)")
+    ap.add_argument("--init-lowpass", type=float, default=None,
+                    help="joint fit from an initial model: the truth low-passed to this radius (Fourier pixels)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -78,6 +80,12 @@ def main():
         with torch.no_grad():
             tr.model.decoder.volume_real.copy_(vol / tr.stack.std)
         tr.model.decoder.volume_real.requires_grad_(False)
+    if args.init_lowpass is not None:
+        vol = oc.physics.pseudo_molecule(args.n).double()
+        k = oc.fourier.radial_frequency(args.n, 3, dtype=torch.float64)
+        lp = oc.fourier.ifft3c(oc.fourier.fft3c(vol) * (k <= args.init_lowpass)).real
+        with torch.no_grad():
+            tr.model.decoder.volume_real.copy_((lp / tr.stack.std).float())
     evals = []
     t0 = time.time()
 
@@ -87,6 +95,21 @@ def main():
         e = {"step": t.step, "radius": t.radius_at(max(t.step - 1, 0)), "loss": t.history[-1]["loss"] if t.history else None,
              "eval_loss": float(pred["loss"].mean()), "median_deg": pe.rotation_median_angle,
              "p90_deg": float(pe.per_image_angle.quantile(0.9))}
+        e["frac_below_10deg"] = float((pe.per_image_angle < 10).float().mean())
+        # the same with batch statistics (training-mode normalisation, 256-image batches)
+        import copy  # noqa: PLC0415
+
+        m = copy.deepcopy(t.model).train()
+        with torch.no_grad():
+            Rb = torch.cat([m(t.stack.images(list(range(s, min(s + 256, len(t.stack))))).float()).rotations
+                            for s in range(0, len(t.stack), 256)])
+        pb = oc.metrics.pose_errors(Rb, t.stack.rotations)
+        e["batchstat_median_deg"] = pb.rotation_median_angle
+        e["batchstat_frac_below_10deg"] = float((pb.per_image_angle < 10).float().mean())
+        mr = recalibrate_statistics(t.model, t.stack)
+        pr = oc.metrics.pose_errors(predict_poses(mr, t.stack, use_ctf=False)["rotations"], t.stack.rotations)
+        e["recal_median_deg"] = pr.rotation_median_angle
+        e["recal_frac_below_10deg"] = float((pr.per_image_angle < 10).float().mean())
         if args.frozen:
             raw = oc.metrics.rotation_angle(pred["rotations"].double().transpose(1, 2) @ t.stack.rotations.double())
             e["raw_median_deg"] = float(raw.median())

@@ -156,3 +156,51 @@ def test_multi_head_loss_is_the_min_over_heads_and_paths(good):
     win = torch.zeros(2 * B, K, dtype=torch.bool)
     win[path * B:(path + 1) * B, head] = True
     assert bool((g[win] > 0).all()) and float(g[~win].sum()) == 0.0
+
+
+def test_grouped_whitening_whitens_each_hypothesis_on_its_own():
+    # groups = 3 over 12 features == three independent 4-feature whitenings (reference), in
+    # training and in evaluation mode
+    from orbitcore.nn import BatchWhitening
+
+    g = _gen(4)
+    x = torch.randn(64, 12, generator=g, dtype=torch.float64) @ torch.randn(12, 12, generator=g, dtype=torch.float64)
+    w = BatchWhitening(12, groups=3, momentum=0.5, eps=1e-3).double()
+    refs = [BatchWhitening(4, momentum=0.5, eps=1e-3).double() for _ in range(3)]
+    for _ in range(2):
+        y = w(x)
+        torch.testing.assert_close(y, torch.cat([r(x[:, 4 * i:4 * i + 4]) for i, r in enumerate(refs)], 1))
+    for blk in range(3):  # each block: zero mean, ~identity covariance (eps)
+        yb = y[:, 4 * blk:4 * blk + 4]
+        torch.testing.assert_close(yb.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-10, rtol=0)
+        torch.testing.assert_close(torch.cov(yb.T), torch.eye(4, dtype=torch.float64), atol=0.05, rtol=0)
+    w.eval()
+    [r.eval() for r in refs]
+    torch.testing.assert_close(w(x), torch.cat([r(x[:, 4 * i:4 * i + 4]) for i, r in enumerate(refs)], 1))
+    with pytest.raises(ValueError, match="BatchWhitening: d = 12 must be a multiple of groups"):
+        BatchWhitening(12, groups=5)
+
+
+def test_recalibrate_statistics_uses_the_final_weights_and_leaves_the_model_alone(tiny):
+    from orbitcore.amortized import recalibrate_statistics
+    from orbitcore.nn import BatchWhitening
+
+    tr = Trainer(tiny, {"pose_heads": 2, **SMALL}, {"steps": 3, "batch_size": 8, "num_workers": 0,
+                                                    "checkpoint_every": 0}, verbose=False)
+    tr.fit()
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    m = recalibrate_statistics(tr.model, tr.stack, batch_size=len(tr.stack))  # one batch: its statistics
+    for k, v in tr.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not m.training
+    # reference: the whitening layer's input over the whole stack (images and their pi-rotated
+    # copies), its mean and per-group covariance
+    w = [x for x in m.encoder.modules() if isinstance(x, BatchWhitening)][0]
+    x = m.rotation_layer(tr.stack.images(list(range(len(tr.stack)))).float())
+    with torch.no_grad():
+        m.train()
+        h = m.encoder.rotation_head[:-1](m.encoder.embed(x))
+        m.eval()
+    torch.testing.assert_close(w.running_mean, h.mean(0), rtol=1e-5, atol=1e-6)
+    hc = (h - h.mean(0)).view(-1, 2, 6).transpose(0, 1)
+    torch.testing.assert_close(w.running_cov, hc.transpose(1, 2) @ hc / (h.shape[0] - 1), rtol=1e-4, atol=1e-6)

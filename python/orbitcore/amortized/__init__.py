@@ -24,4 +24,5 @@ from .train import (  # noqa: F401
     loss_radius,
     model_from_checkpoint,
     predict_poses,
+    recalibrate_statistics,
 )

@@ -35,7 +35,7 @@ import torch
 from .._validate import check_float, check_int, fail
 from .model import AmortizedModel, ModelConfig
 
-__all__ = ["TrainConfig", "Trainer", "loss_radius", "EvaluationResult", "evaluate", "predict_poses", "load_checkpoint",
+__all__ = ["TrainConfig", "Trainer", "loss_radius", "recalibrate_statistics", "EvaluationResult", "evaluate", "predict_poses", "load_checkpoint",
            "model_from_checkpoint",
            "CHECKPOINT_FORMAT"]
 
@@ -487,9 +487,48 @@ def model_from_checkpoint(path) -> tuple[AmortizedModel, dict]:
 # Evaluation
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
+def recalibrate_statistics(model: AmortizedModel, stack, *, batch_size: int = 256) -> AmortizedModel:
+    """Re-estimate the encoder's normalisation statistics (batch normalisation and the
+    whitened rotation head) with the final weights: one pass over ``stack`` in training mode,
+    the running estimates replaced by the average over the pass ("precise BN"). Training
+    updates them by an exponential average over recent minibatches of *changing* weights,
+    which can lag far behind the weights the poses are predicted with. Works on (and returns)
+    a copy; ``model`` is not modified (and is returned as is when its encoder has no such layers). With the symmetric loss the π-rotated copies are
+    included, as in training."""
+    import copy  # noqa: PLC0415
+
+    from ..nn.encoders import BatchWhitening  # noqa: PLC0415
+
+    fn = "recalibrate_statistics"
+    batch_size = check_int(fn, "batch_size", batch_size, minimum=2)
+    if stack.size != model.n:
+        fail(fn, f"the stack's images are {stack.size}x{stack.size}, the model expects {model.n}x{model.n}")
+    kinds = (torch.nn.modules.batchnorm._BatchNorm, BatchWhitening)
+    if not any(isinstance(mod, kinds) for mod in model.encoder.modules()):
+        return model  # nothing to re-estimate
+    m = copy.deepcopy(model)
+    norms = [mod for mod in m.encoder.modules() if isinstance(mod, kinds)]
+    for mod in norms:
+        mod.reset_running_stats()
+        mod.momentum = None  # cumulative average over the pass
+    m.train()
+    for _, images in stack.batches(batch_size):
+        if images.shape[0] < 2:
+            continue
+        x = images.float()
+        if m.config.symmetric:
+            x = m.rotation_layer(x)
+        m.encode(x)
+    m.eval()
+    return m
+
+
+@torch.no_grad()
 def predict_poses(model: AmortizedModel, stack, *, batch_size: int = 256, use_ctf: bool = True,
-                  verbose: bool = False) -> dict:
-    """Poses of every particle of ``stack`` (in order), without gradients, model in eval mode.
+                  recalibrate: bool = False, verbose: bool = False) -> dict:
+    """Poses of every particle of ``stack`` (in order), without gradients, model in eval mode
+    (``recalibrate``: on a copy whose normalisation statistics were first re-estimated over
+    ``stack`` with :func:`recalibrate_statistics`).
 
     Returns a dict of ``rotations (N, 3, 3)``, ``shifts (N, 2)`` (pixels of the stack's images),
     ``flipped (N,)`` (the π-rotated path was chosen), ``loss (N,)`` (per-image loss of the
@@ -503,6 +542,8 @@ def predict_poses(model: AmortizedModel, stack, *, batch_size: int = 256, use_ct
         fail(fn, f"the stack's images are {stack.size}x{stack.size}, the model expects {model.n}x{model.n}")
     if use_ctf and stack.ctf is None:
         fail(fn, "use_ctf=True but the particle file has no CTF parameters")
+    if recalibrate:
+        model = recalibrate_statistics(model, stack, batch_size=max(batch_size, 2))
     was = model.training
     model.eval()
     N = len(stack)
@@ -600,7 +641,7 @@ def _reference_volume(fn: str, reference, D: int, pixel_size: float) -> torch.Te
 
 def evaluate(source, particles=None, *, out_dir=None, star_path=None, volume_path=None, reference=None,
              data_dir=None, batch_size: int = 256, align: bool = True, fsc_png: bool = True,
-             verbose: bool = True) -> EvaluationResult:
+             recalibrate: bool = True, verbose: bool = True) -> EvaluationResult:
     """Predict every particle's pose, write them as STAR, export the volume (MRC) and compare
     with a reference (module docstring).
 
@@ -613,6 +654,8 @@ def evaluate(source, particles=None, *, out_dir=None, star_path=None, volume_pat
         reference: optional reference map (MRC path or ``(D', D', D')`` array; Fourier-cropped to
             the reconstruction's box when larger): FSC after alignment (handedness included).
         align: align the reconstruction to the reference first (False: compare as is).
+        recalibrate: predict with normalisation statistics re-estimated over the particles with
+            the final weights (:func:`recalibrate_statistics`; the model itself is unchanged).
         batch_size: images per evaluation batch.
 
     Returns:
@@ -640,7 +683,8 @@ def evaluate(source, particles=None, *, out_dir=None, star_path=None, volume_pat
     if use_ctf and stack.ctf is None:
         fail(fn, f"{stack.table.path}: the model was trained with the CTF but this particle file has no CTF "
                  "parameters")
-    pred = predict_poses(model, stack, batch_size=batch_size, use_ctf=use_ctf, verbose=verbose)
+    pred = predict_poses(model, stack, batch_size=batch_size, use_ctf=use_ctf, recalibrate=recalibrate,
+                         verbose=verbose)
     scale = stack.n / stack.size  # shifts back to the particle file's pixels
     shifts = pred["shifts"] * scale
     px = float(stack.pixel_size[0]) if stack.pixel_size is not None else 1.0
