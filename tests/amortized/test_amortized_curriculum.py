@@ -204,3 +204,18 @@ def test_recalibrate_statistics_uses_the_final_weights_and_leaves_the_model_alon
     torch.testing.assert_close(w.running_mean, h.mean(0), rtol=1e-5, atol=1e-6)
     hc = (h - h.mean(0)).view(-1, 2, 6).transpose(0, 1)
     torch.testing.assert_close(w.running_cov, hc.transpose(1, 2) @ hc / (h.shape[0] - 1), rtol=1e-4, atol=1e-6)
+
+
+def test_cli_passes_pose_heads_and_curriculum(tiny, tmp_path):
+    from orbitcore.amortized import load_checkpoint
+    from orbitcore.cli import main
+
+    out = tmp_path / "run"
+    assert main(["amortized", "train", "--particles", str(tiny), "--out", str(out), "--steps", "4", "--channels", "4",
+                 "8", "--batch-size", "8", "--workers", "0", "--quiet", "--pose-heads", "3", "--no-whiten",
+                 "--radius-start", "2.5", "--radius-hold", "1", "--radius-ramp", "2"]) == 0
+    st = load_checkpoint(out / "checkpoint.pt")
+    assert st["model_config"]["pose_heads"] == 3 and st["model_config"]["whiten_rotation"] is False
+    tc = st["train_config"]
+    assert (tc["radius_start"], tc["radius_hold"], tc["radius_ramp"]) == (2.5, 1, 2)
+    assert [h["radius"] for h in st["history"] if "radius" in h] == [7.0]  # log_every 10: the last step's
