@@ -25,6 +25,12 @@ Reproduce (what docs/evidence/amortized/ holds)::
     for seed in 0 1; do for l in l2 sym; do
       PYTHONPATH=python python scripts/amortized_evidence.py --stage train --decoder voxel --snr-db 0 --loss $l --seed $seed; done; done
     PYTHONPATH=python python scripts/amortized_evidence.py --stage report
+
+With the from-scratch recipe of docs/evidence/amortized/README.md (what it holds now; the
+commands above made ``v1/``)::
+
+    PYTHONPATH=python python scripts/amortized_evidence.py --stage train --decoder voxel --snr-db 0 \
+        --heads 16 --radius-start 3 --radius-hold 1500 --radius-ramp 1500 --steps 8000 --eval-every 1000 --tag _k16
 """
 from __future__ import annotations
 

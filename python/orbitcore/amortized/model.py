@@ -21,6 +21,12 @@ with ``Ŷ_i = fft2c(Y_i)`` the centred FT of image ``i``, ``C_i`` its CTF (RELIO
 The loss (:mod:`orbitcore.amortized.losses`) compares ``Ŷ_i`` and ``X̂_i`` inside the disk
 ``|k| <= radius``; with the symmetric loss (eq. 10) each image also goes through the model
 rotated by π (:class:`orbitcore.nn.RotationLayer`) and the better of the two paths is kept.
+
+Our additions for pose inference from scratch (docs/evidence/amortized/README.md): with
+``pose_heads = K > 1`` the encoder predicts K rotations per image (multi-choice encoder, cf.
+CryoSPIN), each is rendered, and the loss keeps the best (eq. 10 generalised to a minimum over
+``2K`` paths); ``forward(..., radius=r)`` evaluates the slices and the loss on a smaller disk
+(the frequency curriculum of :class:`orbitcore.amortized.TrainConfig`).
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ seeds/004 Algorithm 1).
 Training (:class:`Trainer`): minibatches of a :class:`orbitcore.io.ParticleStack` through a
 ``DataLoader`` (worker processes read the memory-mapped stacks), Adam with separate learning
 rates for the encoder and the decoder, gradient-norm clipping, a progress bar with the loss and
-the image rate, and periodic checkpoints.
+the image rate, and periodic checkpoints. Optionally a frequency curriculum: the loss disk starts
+small and grows to the model's radius (:func:`loss_radius`, a pure function of the step).
 
 Checkpoints hold everything needed to continue *exactly*: the model and optimiser states, the
 torch RNG state, the step, the epoch and the position inside the epoch (the minibatch order of
@@ -13,7 +14,9 @@ same batches), the image normalisation and the history. They are written atomica
 (:class:`orbitcore.io.atomic_path`); an interrupted run (Ctrl-C) saves one before stopping.
 Resuming from a checkpoint reproduces the next steps bit for bit (tested).
 
-Evaluation (:func:`evaluate`): the encoder runs over the whole stack without gradients (with
+Evaluation (:func:`evaluate`): the encoder's normalisation statistics are re-estimated over the
+stack with the final weights (:func:`recalibrate_statistics`, on a copy), then the encoder runs
+over the whole stack without gradients (with
 the symmetric loss the decoder also scores both paths, to report the chosen path's pose); poses
 go to a RELION STAR file (``R = Aᵀ``, origins ``= -t``, via
 :meth:`orbitcore.io.ParticleTable.with_poses`), the volume to an MRC file, and, given a
