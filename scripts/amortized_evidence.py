@@ -25,6 +25,12 @@ Reproduce (what docs/evidence/amortized/ holds)::
     for seed in 0 1; do for l in l2 sym; do
       PYTHONPATH=python python scripts/amortized_evidence.py --stage train --decoder voxel --snr-db 0 --loss $l --seed $seed; done; done
     PYTHONPATH=python python scripts/amortized_evidence.py --stage report
+
+With the from-scratch recipe of docs/evidence/amortized/README.md (what it holds now; the
+commands above made ``v1/``)::
+
+    PYTHONPATH=python python scripts/amortized_evidence.py --stage train --decoder voxel --snr-db 0 \
+        --heads 16 --radius-start 3 --radius-hold 1500 --radius-ramp 1500 --steps 8000 --eval-every 1000 --tag _k16
 """
 from __future__ import annotations
 
@@ -96,7 +102,10 @@ def stage_tomo(args) -> dict:
 
 @torch.no_grad()
 def _predict(model, stack, rows: list[int]) -> dict:
-    """Poses of the particles ``rows`` (eval mode, symmetric path choice, CTF applied)."""
+    """Poses of the particles ``rows`` (eval mode, symmetric path choice, CTF applied), with the
+    encoder's normalisation statistics re-estimated over the stack first
+    (:func:`orbitcore.amortized.recalibrate_statistics`, on a copy)."""
+    model = recalibrate_statistics(model, stack)
     was = model.training
     model.eval()
     R, t, fl = [], [], []
@@ -127,12 +136,13 @@ def _measure(tr, ref, args) -> dict:
 def stage_train(args) -> dict:
     torch.set_num_threads(args.threads)
     ref = _truth(args.n)
-    tag = f"{args.decoder}_snr{args.snr_db:+.0f}dB_{args.loss}_seed{args.seed}"
+    tag = f"{args.decoder}_snr{args.snr_db:+.0f}dB_{args.loss}_seed{args.seed}{args.tag}"
     mc = {"decoder": args.decoder, "symmetric": args.loss == "sym", "shifts": "predict",
           "encoder_size": args.encoder_size, "channels": tuple(args.channels), "fourier_hidden": args.fourier_hidden,
-          "seed": args.seed, "max_shift": 3.0}
+          "seed": args.seed, "max_shift": 3.0, "pose_heads": args.heads, "whiten_rotation": bool(args.whiten)}
     tc = {"steps": args.steps, "batch_size": args.batch, "lr": args.lr, "num_workers": 0, "use_ctf": True,
-          "checkpoint_every": 0, "seed": args.seed, "log_every": 10}
+          "checkpoint_every": 0, "seed": args.seed, "log_every": 10, "radius_start": args.radius_start,
+          "radius_hold": args.radius_hold, "radius_ramp": args.radius_ramp}
     tr = Trainer(str(_star(args, args.snr_db)), mc, tc, verbose=False)
     evals = []
     t0 = time.time()
@@ -269,12 +279,18 @@ def main():
     p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--fourier-hidden", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--heads", type=int, default=1, help="rotation hypotheses per image (ModelConfig.pose_heads)")
+    p.add_argument("--whiten", type=int, default=1, help="whitened rotation head (1) or not (0)")
+    p.add_argument("--radius-start", type=float, default=None, help="frequency curriculum: first loss radius (px)")
+    p.add_argument("--radius-hold", type=int, default=0)
+    p.add_argument("--radius-ramp", type=int, default=0)
+    p.add_argument("--tag", default="", help="suffix of the run's name")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     {"data": stage_data, "tomo": stage_tomo, "train": stage_train, "report": stage_report}[args.stage](args)
 
 
-from orbitcore.amortized import Trainer  # noqa: E402
+from orbitcore.amortized import Trainer, recalibrate_statistics  # noqa: E402
 
 if __name__ == "__main__":
     main()

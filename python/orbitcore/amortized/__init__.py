@@ -21,6 +21,8 @@ from .train import (  # noqa: F401
     Trainer,
     evaluate,
     load_checkpoint,
+    loss_radius,
     model_from_checkpoint,
     predict_poses,
+    recalibrate_statistics,
 )

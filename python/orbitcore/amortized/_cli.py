@@ -95,12 +95,14 @@ def run_train(args) -> int:
         mc = ModelConfig(n=stack.size, decoder=args.decoder, symmetric=args.loss == "symmetric", shifts=args.shifts,
                          encoder_size=args.encoder_size, rotation=args.rotation, channels=tuple(args.channels),
                          max_shift=args.max_shift, pad=args.pad, fourier_hidden=args.fourier_hidden,
-                         seed=args.seed)
+                         pose_heads=args.pose_heads, whiten_rotation=not args.no_whiten, seed=args.seed)
         bpe = max(1, len(stack) // min(args.batch_size, len(stack)))
         steps = args.steps if args.steps is not None else int(round((args.epochs or 1.0) * bpe))
         tc = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, decoder_lr=args.decoder_lr,
                          clip=args.clip if args.clip > 0 else None, num_workers=args.workers,
-                         checkpoint_every=args.checkpoint_every, seed=args.seed, use_ctf=not args.no_ctf)
+                         checkpoint_every=args.checkpoint_every, seed=args.seed, use_ctf=not args.no_ctf,
+                         radius_start=args.radius_start, radius_hold=args.radius_hold,
+                         radius_ramp=args.radius_ramp)
         tr = Trainer(stack, mc, tc, out, verbose=not args.quiet)
         out.mkdir(parents=True, exist_ok=True)
         print(f"training {args.decoder} on {len(stack)} particles of {stack.size}x{stack.size} px "
@@ -154,6 +156,10 @@ def register(sub) -> None:
                    help="the encoder sees images Fourier-cropped to this size (default: full size)")
     m.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128],
                    help="encoder convolution channels per block (default 16 32 64 128)")
+    m.add_argument("--pose-heads", type=int, default=1,
+                   help="rotation hypotheses per image; the loss keeps the best (winner takes all; default 1)")
+    m.add_argument("--no-whiten", action="store_true",
+                   help="do not whiten the rotation head's output across the batch (uniform-pose prior)")
     m.add_argument("--max-shift", type=float, default=None, help="largest predicted shift in pixels (default n/8)")
     m.add_argument("--pad", type=int, default=2, help="voxel decoder: zero-padding factor before the FT (default 2)")
     m.add_argument("--fourier-hidden", type=int, default=128,
@@ -165,6 +171,11 @@ def register(sub) -> None:
     o.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate (Adam; default 1e-4)")
     o.add_argument("--decoder-lr", type=float, default=None,
                    help="decoder learning rate (default 0.16/n for the voxel map, --lr for FourierNet)")
+    o.add_argument("--radius-start", type=float, default=None,
+                   help="frequency curriculum: loss disk radius (Fourier px) at the start (default: full radius)")
+    o.add_argument("--radius-hold", type=int, default=0, help="steps at --radius-start before it grows (default 0)")
+    o.add_argument("--radius-ramp", type=int, default=0,
+                   help="steps over which the radius then grows linearly to the full radius (default 0)")
     o.add_argument("--clip", type=float, default=10.0, help="gradient-norm clipping (0: none; default 10)")
     o.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
     o.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")

@@ -21,6 +21,12 @@ with ``Ŷ_i = fft2c(Y_i)`` the centred FT of image ``i``, ``C_i`` its CTF (RELIO
 The loss (:mod:`orbitcore.amortized.losses`) compares ``Ŷ_i`` and ``X̂_i`` inside the disk
 ``|k| <= radius``; with the symmetric loss (eq. 10) each image also goes through the model
 rotated by π (:class:`orbitcore.nn.RotationLayer`) and the better of the two paths is kept.
+
+Our additions for pose inference from scratch (docs/evidence/amortized/README.md): with
+``pose_heads = K > 1`` the encoder predicts K rotations per image (multi-choice encoder, cf.
+CryoSPIN), each is rendered, and the loss keeps the best (eq. 10 generalised to a minimum over
+``2K`` paths); ``forward(..., radius=r)`` evaluates the slices and the loss on a smaller disk
+(the frequency curriculum of :class:`orbitcore.amortized.TrainConfig`).
 """
 from __future__ import annotations
 
@@ -175,6 +181,11 @@ class ModelConfig:
         whiten_rotation: standardise the encoder's raw rotation output across the batch, a
             uniform-pose prior that prevents pose collapse (:class:`orbitcore.nn.PoseEncoder`;
             our addition, default on).
+        pose_heads: rotation hypotheses per image (multi-choice encoder, cf. CryoSPIN): the
+            encoder predicts ``pose_heads`` rotations, each is rendered, and the per-image loss
+            is the minimum over them (over ``2 · pose_heads`` paths with the symmetric loss,
+            eq. 10 generalised); only the winner carries gradient and its pose is reported.
+            Costs ``pose_heads`` times the decoder work. Default 1 (the papers' encoder).
         max_shift: bound of the predicted shifts in pixels (``max_shift · tanh``; default ``n / 8``).
         pad, init_scale: voxel decoder (:class:`VoxelDecoder`).
         fourier_hidden, amplitude_layers, modulation_layers, w0: FourierNet decoder.
@@ -193,6 +204,7 @@ class ModelConfig:
     hidden: tuple = (512, 256)
     batch_norm: bool = True
     whiten_rotation: bool = True
+    pose_heads: int = 1
     max_shift: float | None = None
     pad: int = 2
     init_scale: float = 1e-3
@@ -232,6 +244,7 @@ class ModelConfig:
             self.max_shift = self.n / 8
         check_float(fn, "max_shift", self.max_shift, positive=True)
         self.pad = check_int(fn, "pad", self.pad, minimum=1)
+        self.pose_heads = check_int(fn, "pose_heads", self.pose_heads, minimum=1)
         self.seed = check_int(fn, "seed", self.seed)
 
     def to_dict(self) -> dict:
@@ -263,7 +276,8 @@ class ModelOutput:
         flipped: ``(B,)`` bool, the rotated copy's path was chosen (all False without the
             symmetric loss).
         loss_direct, loss_rotated: ``(B,)`` the two paths' losses (``loss_rotated`` is None
-            without the symmetric loss).
+            without the symmetric loss); with several pose heads, each path's best head.
+        head: ``(B,)`` long, the winning rotation hypothesis (all 0 with one pose head).
     """
 
     loss: torch.Tensor
@@ -273,6 +287,7 @@ class ModelOutput:
     flipped: torch.Tensor
     loss_direct: torch.Tensor
     loss_rotated: torch.Tensor | None
+    head: torch.Tensor | None = None
 
 
 _RZ_PI = torch.tensor([-1.0, -1.0, 1.0])  # Rz(π) = diag(-1, -1, 1): R · Rz(π) negates R's first two columns
@@ -305,7 +320,7 @@ class AmortizedModel(nn.Module):
             torch.manual_seed(c.seed)  # nn.Module initialisers draw from the global generator
             self.encoder = PoseEncoder(c.encoder_size, channels=c.channels, filters=c.filters, rotation=c.rotation,
                                        hidden=c.hidden, max_shift=c.max_shift, batch_norm=c.batch_norm,
-                                       whiten_rotation=c.whiten_rotation)
+                                       whiten_rotation=c.whiten_rotation, heads=c.pose_heads)
             if c.decoder == "voxel":
                 self.decoder = VoxelDecoder(c.n, pad=c.pad, init_scale=c.init_scale, generator=g)
             else:
@@ -341,10 +356,28 @@ class AmortizedModel(nn.Module):
         return self.encoder(x)
 
     def decode(self, rotations: torch.Tensor, shifts: torch.Tensor | None = None,
-               ctf: torch.Tensor | None = None) -> torch.Tensor:
-        """``Γ``: poses → model images ``X̂`` (eq. 8), complex ``(B, n, n)``, zero outside the disk."""
-        S = self.decoder.slices(rotations, self.n, self.config.radius)
+               ctf: torch.Tensor | None = None, radius: float | None = None) -> torch.Tensor:
+        """``Γ``: poses → model images ``X̂`` (eq. 8), complex ``(B, n, n)``, zero outside the disk
+        ``|k| <= radius`` (default: the configured radius)."""
+        r = self.config.radius if radius is None else self._radius("AmortizedModel.decode", radius)
+        S = self.decoder.slices(rotations, self.n, r)
         return form_images(S, ctf, shifts)
+
+    def _radius(self, fn: str, radius) -> float:
+        r = check_float(fn, "radius", radius, positive=True)
+        if r > self.config.radius + 1e-9:
+            fail(fn, f"radius must be in (0, {self.config.radius:g}] Fourier pixels (the configured radius), "
+                     f"got {r:g}")
+        return r
+
+    def loss_mask(self, radius: float | None = None) -> torch.Tensor:
+        """Boolean ``(n, n)`` disk ``|k| <= radius`` where the loss is evaluated (default: the
+        configured radius)."""
+        if radius is None or radius == self.config.radius:
+            return self.mask
+        r = self._radius("AmortizedModel.loss_mask", radius)
+        k = fourier.radial_frequency(self.n, 2, dtype=torch.float32, device=self.mask.device)
+        return k <= r
 
     # ------------------------------------------------------------------ forward
     def _check(self, images, ctf, shifts):
@@ -366,9 +399,10 @@ class AmortizedModel(nn.Module):
                 fail(fn, f"shifts must have shape ({B}, 2) in pixels, got {tuple(shifts.shape)}")
 
     def forward(self, images: torch.Tensor, ctf: torch.Tensor | None = None,
-                shifts: torch.Tensor | None = None) -> ModelOutput:
+                shifts: torch.Tensor | None = None, *, radius: float | None = None) -> ModelOutput:
         self._check(images, ctf, shifts)
         c = self.config
+        radius = c.radius if radius is None else self._radius("AmortizedModel", radius)
         B = images.shape[0]
         Y = fourier.fft2c(images)                               # Ŷ_i
         if c.symmetric:
@@ -384,21 +418,35 @@ class AmortizedModel(nn.Module):
             t = shifts.to(R.dtype)
         elif c.shifts == "none":
             t = None
-        X = self.decode(R, t, ctf)                              # X̂_i = Γ(Y_i), eq. 8
-        d = fourier_l2(Y, X, self.mask)                         # ‖Ŷ_i − X̂_i‖²
-        t = torch.zeros(R.shape[0], 2, dtype=R.dtype, device=R.device) if t is None else t
+        K = c.pose_heads
+        if K > 1:  # K hypotheses per image: render each, the loss keeps the best (winner takes all)
+            Bx = R.shape[0]
+            R = R.reshape(Bx * K, 3, 3)
+            Yk = Y.repeat_interleave(K, 0)
+            tk = None if t is None else t.repeat_interleave(K, 0)
+            ctfk = None if ctf is None else ctf.repeat_interleave(K, 0)
+        else:
+            Yk, tk, ctfk = Y, t, ctf
+        X = self.decode(R, tk, ctfk, radius)                    # X̂_i = Γ(Y_i), eq. 8
+        d = fourier_l2(Yk, X, self.loss_mask(radius))           # ‖Ŷ_i − X̂_i‖² on |k| <= radius
+        t = torch.zeros(x.shape[0], 2, dtype=R.dtype, device=R.device) if t is None else t
+        R = R.view(x.shape[0], K, 3, 3)
+        d = d.view(x.shape[0], K)
+        dmin, head = d.min(1)                                   # min over the hypotheses
+        Rh = R[torch.arange(x.shape[0], device=R.device), head]
         if not c.symmetric:
             flipped = torch.zeros(B, dtype=torch.bool, device=d.device)
-            return ModelOutput(loss=d.mean(), per_image=d, rotations=R, shifts=t, flipped=flipped,
-                               loss_direct=d, loss_rotated=None)
-        da, db = d[:B], d[B:]
+            return ModelOutput(loss=dmin.mean(), per_image=dmin, rotations=Rh, shifts=t, flipped=flipped,
+                               loss_direct=dmin, loss_rotated=None, head=head)
+        da, db = dmin[:B], dmin[B:]
         per, flipped = symmetric_loss(da, db)                   # eq. 10
         # the pose of the chosen path, for the unrotated image: (R_b Rz(π), -t_b)
-        Rb = R[B:] * _RZ_PI.to(R)[None, None, :]
-        Rsel = torch.where(flipped[:, None, None], Rb, R[:B])
+        Rb = Rh[B:] * _RZ_PI.to(R)[None, None, :]
+        Rsel = torch.where(flipped[:, None, None], Rb, Rh[:B])
         tsel = torch.where(flipped[:, None], -t[B:], t[:B])
+        hsel = torch.where(flipped, head[B:], head[:B])
         return ModelOutput(loss=per.mean(), per_image=per, rotations=Rsel, shifts=tsel, flipped=flipped,
-                           loss_direct=da, loss_rotated=db)
+                           loss_direct=da, loss_rotated=db, head=hsel)
 
     @torch.no_grad()
     def volume(self) -> torch.Tensor:

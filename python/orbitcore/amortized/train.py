@@ -4,7 +4,8 @@ seeds/004 Algorithm 1).
 Training (:class:`Trainer`): minibatches of a :class:`orbitcore.io.ParticleStack` through a
 ``DataLoader`` (worker processes read the memory-mapped stacks), Adam with separate learning
 rates for the encoder and the decoder, gradient-norm clipping, a progress bar with the loss and
-the image rate, and periodic checkpoints.
+the image rate, and periodic checkpoints. Optionally a frequency curriculum: the loss disk starts
+small and grows to the model's radius (:func:`loss_radius`, a pure function of the step).
 
 Checkpoints hold everything needed to continue *exactly*: the model and optimiser states, the
 torch RNG state, the step, the epoch and the position inside the epoch (the minibatch order of
@@ -13,7 +14,9 @@ same batches), the image normalisation and the history. They are written atomica
 (:class:`orbitcore.io.atomic_path`); an interrupted run (Ctrl-C) saves one before stopping.
 Resuming from a checkpoint reproduces the next steps bit for bit (tested).
 
-Evaluation (:func:`evaluate`): the encoder runs over the whole stack without gradients (with
+Evaluation (:func:`evaluate`): the encoder's normalisation statistics are re-estimated over the
+stack with the final weights (:func:`recalibrate_statistics`, on a copy), then the encoder runs
+over the whole stack without gradients (with
 the symmetric loss the decoder also scores both paths, to report the chosen path's pose); poses
 go to a RELION STAR file (``R = Aᵀ``, origins ``= -t``, via
 :meth:`orbitcore.io.ParticleTable.with_poses`), the volume to an MRC file, and, given a
@@ -35,7 +38,7 @@ import torch
 from .._validate import check_float, check_int, fail
 from .model import AmortizedModel, ModelConfig
 
-__all__ = ["TrainConfig", "Trainer", "EvaluationResult", "evaluate", "predict_poses", "load_checkpoint",
+__all__ = ["TrainConfig", "Trainer", "loss_radius", "recalibrate_statistics", "EvaluationResult", "evaluate", "predict_poses", "load_checkpoint",
            "model_from_checkpoint",
            "CHECKPOINT_FORMAT"]
 
@@ -60,6 +63,13 @@ class TrainConfig:
         log_every: steps between history entries.
         seed: minibatch order (epoch ``e`` uses a permutation drawn from ``seed`` and ``e``).
         use_ctf: apply the particles' CTF in the decoder (the file must have CTF columns).
+        radius_start: frequency curriculum ("frequency marching"): the loss (and the slices)
+            are restricted to the disk ``|k| <= radius_start`` Fourier pixels at first, where
+            the image loss is a smooth function of the pose, and the disk then grows to the
+            model's radius (:func:`loss_radius`). None: the full radius from the first step.
+        radius_hold: steps at ``radius_start`` before the disk starts growing.
+        radius_ramp: steps over which the radius then grows linearly to the model's radius.
+            The radius is a pure function of the step, so resumed runs follow the same schedule.
     """
 
     steps: int = 1000
@@ -72,6 +82,9 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     use_ctf: bool = True
+    radius_start: float | None = None
+    radius_hold: int = 0
+    radius_ramp: int = 0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -89,9 +102,43 @@ class TrainConfig:
         self.seed = check_int(fn, "seed", self.seed)
         if not isinstance(self.use_ctf, bool):
             fail(fn, f"use_ctf must be True or False, got {self.use_ctf!r}", TypeError)
+        if self.radius_start is not None:
+            self.radius_start = check_float(fn, "radius_start", self.radius_start, positive=True)
+        self.radius_hold = check_int(fn, "radius_hold", self.radius_hold, minimum=0)
+        self.radius_ramp = check_int(fn, "radius_ramp", self.radius_ramp, minimum=0)
+        if self.radius_start is None and (self.radius_hold or self.radius_ramp):
+            fail(fn, f"radius_hold = {self.radius_hold} and radius_ramp = {self.radius_ramp} need radius_start "
+                     "(the curriculum's first radius), got radius_start=None")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def loss_radius(step: int, radius: float, start: float | None = None, hold: int = 0, ramp: int = 0) -> float:
+    """Radius (Fourier pixels) of the loss disk at optimisation step ``step`` (0-based) under
+    the frequency curriculum of :class:`TrainConfig`::
+
+        r(s) = start                                            s < hold
+        r(s) = start + (radius − start) · (s − hold) / ramp     hold <= s < hold + ramp
+        r(s) = radius                                           s >= hold + ramp
+
+    ``start=None`` (no curriculum): ``radius`` at every step. A pure function of the step.
+    """
+    fn = "loss_radius"
+    step = check_int(fn, "step", step, minimum=0)
+    radius = check_float(fn, "radius", radius, positive=True)
+    hold = check_int(fn, "hold", hold, minimum=0)
+    ramp = check_int(fn, "ramp", ramp, minimum=0)
+    if start is None:
+        return radius
+    start = check_float(fn, "start", start, positive=True)
+    if start > radius:
+        fail(fn, f"start must be <= radius = {radius:g} Fourier pixels, got {start:g}")
+    if step < hold:
+        return start
+    if step >= hold + ramp:
+        return radius
+    return start + (radius - start) * (step - hold) / ramp
 
 
 class _EpochBatches(torch.utils.data.Sampler):
@@ -199,6 +246,9 @@ class Trainer:
                      "CTF (use_ctf=False, --no-ctf) if the images have none")
         if mc.shifts == "known" and stack.shifts is None:
             fail(fn, f"{stack.table.path}: shifts='known' needs rlnOriginX/Y(Angst) columns in the particle file")
+        if self.config.radius_start is not None and self.config.radius_start > mc.radius:
+            fail(fn, f"radius_start must be <= the model's radius {mc.radius:g} Fourier pixels, got "
+                     f"{self.config.radius_start:g}")
         if len(stack) < 2 and mc.batch_norm:
             fail(fn, f"need at least 2 particles (batch normalisation), got {len(stack)}")
         self.verbose = verbose
@@ -240,6 +290,12 @@ class Trainer:
             self.batch_in_epoch = 0
 
     # ------------------------------------------------------------------ one step
+    def radius_at(self, step: int | None = None) -> float:
+        """Loss radius (Fourier pixels) at ``step`` (default: the next step), :func:`loss_radius`."""
+        c = self.config
+        return loss_radius(self.step if step is None else step, self.model.config.radius, c.radius_start,
+                           c.radius_hold, c.radius_ramp)
+
     def train_step(self, batch: dict) -> dict:
         """One optimisation step on a collated batch (dict from the ParticleStack)."""
         model, c = self.model, self.config
@@ -247,7 +303,8 @@ class Trainer:
         ctf = _batch_ctf(batch, model.n, images.dtype) if c.use_ctf else None
         shifts = batch["shift"].to(images.dtype) if model.config.shifts == "known" else None
         model.train()
-        out = model(images, ctf, shifts)
+        radius = self.radius_at()
+        out = model(images, ctf, shifts, radius=radius)
         if not torch.isfinite(out.loss):
             fail("Trainer.train_step", f"the loss became {float(out.loss)} at step {self.step} (diverged); lower "
                                        "the learning rates or the clipping threshold and resume from the last "
@@ -261,7 +318,8 @@ class Trainer:
         self.step += 1
         self.batch_in_epoch += 1
         return {"loss": float(out.loss.detach()), "loss_direct": float(out.loss_direct.detach().mean()),
-                "flipped": float(out.flipped.float().mean()), "grad_norm": gn, "images": images.shape[0]}
+                "flipped": float(out.flipped.float().mean()), "grad_norm": gn, "images": images.shape[0],
+                "radius": radius}
 
     # ------------------------------------------------------------------ the loop
     def fit(self, steps: int | None = None, *, callback=None, callback_every: int | None = None) -> list[dict]:
@@ -303,7 +361,7 @@ class Trainer:
                              "flipped_fraction": float(np.mean([w["flipped"] for w in window])),
                              "grad_norm": (float(np.mean([w["grad_norm"] for w in window]))
                                            if window[0]["grad_norm"] is not None else None),
-                             "images_per_s": rate, "train_time_s": self.elapsed}
+                             "radius": window[-1]["radius"], "images_per_s": rate, "train_time_s": self.elapsed}
                     self.history.append(entry)
                     bar.set_postfix(loss=f"{entry['loss']:.4g}", img_s=f"{rate:.0f}", epoch=f"{entry['epoch']:.2f}")
                     window, imgs_since, t_last = [], 0, now
@@ -432,9 +490,48 @@ def model_from_checkpoint(path) -> tuple[AmortizedModel, dict]:
 # Evaluation
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
+def recalibrate_statistics(model: AmortizedModel, stack, *, batch_size: int = 256) -> AmortizedModel:
+    """Re-estimate the encoder's normalisation statistics (batch normalisation and the
+    whitened rotation head) with the final weights: one pass over ``stack`` in training mode,
+    the running estimates replaced by the average over the pass ("precise BN"). Training
+    updates them by an exponential average over recent minibatches of *changing* weights,
+    which can lag far behind the weights the poses are predicted with. Works on (and returns)
+    a copy; ``model`` is not modified (and is returned as is when its encoder has no such layers). With the symmetric loss the π-rotated copies are
+    included, as in training."""
+    import copy  # noqa: PLC0415
+
+    from ..nn.encoders import BatchWhitening  # noqa: PLC0415
+
+    fn = "recalibrate_statistics"
+    batch_size = check_int(fn, "batch_size", batch_size, minimum=2)
+    if stack.size != model.n:
+        fail(fn, f"the stack's images are {stack.size}x{stack.size}, the model expects {model.n}x{model.n}")
+    kinds = (torch.nn.modules.batchnorm._BatchNorm, BatchWhitening)
+    if not any(isinstance(mod, kinds) for mod in model.encoder.modules()):
+        return model  # nothing to re-estimate
+    m = copy.deepcopy(model)
+    norms = [mod for mod in m.encoder.modules() if isinstance(mod, kinds)]
+    for mod in norms:
+        mod.reset_running_stats()
+        mod.momentum = None  # cumulative average over the pass
+    m.train()
+    for _, images in stack.batches(batch_size):
+        if images.shape[0] < 2:
+            continue
+        x = images.float()
+        if m.config.symmetric:
+            x = m.rotation_layer(x)
+        m.encode(x)
+    m.eval()
+    return m
+
+
+@torch.no_grad()
 def predict_poses(model: AmortizedModel, stack, *, batch_size: int = 256, use_ctf: bool = True,
-                  verbose: bool = False) -> dict:
-    """Poses of every particle of ``stack`` (in order), without gradients, model in eval mode.
+                  recalibrate: bool = False, verbose: bool = False) -> dict:
+    """Poses of every particle of ``stack`` (in order), without gradients, model in eval mode
+    (``recalibrate``: on a copy whose normalisation statistics were first re-estimated over
+    ``stack`` with :func:`recalibrate_statistics`).
 
     Returns a dict of ``rotations (N, 3, 3)``, ``shifts (N, 2)`` (pixels of the stack's images),
     ``flipped (N,)`` (the π-rotated path was chosen), ``loss (N,)`` (per-image loss of the
@@ -448,6 +545,8 @@ def predict_poses(model: AmortizedModel, stack, *, batch_size: int = 256, use_ct
         fail(fn, f"the stack's images are {stack.size}x{stack.size}, the model expects {model.n}x{model.n}")
     if use_ctf and stack.ctf is None:
         fail(fn, "use_ctf=True but the particle file has no CTF parameters")
+    if recalibrate:
+        model = recalibrate_statistics(model, stack, batch_size=max(batch_size, 2))
     was = model.training
     model.eval()
     N = len(stack)
@@ -545,7 +644,7 @@ def _reference_volume(fn: str, reference, D: int, pixel_size: float) -> torch.Te
 
 def evaluate(source, particles=None, *, out_dir=None, star_path=None, volume_path=None, reference=None,
              data_dir=None, batch_size: int = 256, align: bool = True, fsc_png: bool = True,
-             verbose: bool = True) -> EvaluationResult:
+             recalibrate: bool = True, verbose: bool = True) -> EvaluationResult:
     """Predict every particle's pose, write them as STAR, export the volume (MRC) and compare
     with a reference (module docstring).
 
@@ -558,6 +657,8 @@ def evaluate(source, particles=None, *, out_dir=None, star_path=None, volume_pat
         reference: optional reference map (MRC path or ``(D', D', D')`` array; Fourier-cropped to
             the reconstruction's box when larger): FSC after alignment (handedness included).
         align: align the reconstruction to the reference first (False: compare as is).
+        recalibrate: predict with normalisation statistics re-estimated over the particles with
+            the final weights (:func:`recalibrate_statistics`; the model itself is unchanged).
         batch_size: images per evaluation batch.
 
     Returns:
@@ -585,7 +686,8 @@ def evaluate(source, particles=None, *, out_dir=None, star_path=None, volume_pat
     if use_ctf and stack.ctf is None:
         fail(fn, f"{stack.table.path}: the model was trained with the CTF but this particle file has no CTF "
                  "parameters")
-    pred = predict_poses(model, stack, batch_size=batch_size, use_ctf=use_ctf, verbose=verbose)
+    pred = predict_poses(model, stack, batch_size=batch_size, use_ctf=use_ctf, recalibrate=recalibrate,
+                         verbose=verbose)
     scale = stack.n / stack.size  # shifts back to the particle file's pixels
     shifts = pred["shifts"] * scale
     px = float(stack.pixel_size[0]) if stack.pixel_size is not None else 1.0

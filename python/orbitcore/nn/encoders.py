@@ -72,35 +72,58 @@ class BatchWhitening(nn.Module):
     """Whitening across the batch: ``(B, d) → (B, d)`` with zero mean and identity covariance
     (``x ↦ (x − μ) L⁻ᵀ`` with ``Σ + εI = L Lᵀ``, Cholesky; decorrelated batch normalisation).
     Training mode uses the batch's ``μ, Σ`` (differentiably) and updates running estimates
-    (``momentum``); evaluation mode uses the running estimates."""
+    (``momentum``; None: the cumulative average since :meth:`reset_running_stats`, as
+    ``nn.BatchNorm``); evaluation mode uses the running estimates.
 
-    def __init__(self, d: int, *, momentum: float = 0.1, eps: float = 1e-3):
+    ``groups = G``: the ``d`` features are ``G`` consecutive blocks of ``d / G``, each whitened
+    on its own (one pose hypothesis per block): ``G`` small ``(d/G)²`` covariances instead of one
+    ``d²`` covariance that a batch smaller than ``d`` could not estimate."""
+
+    def __init__(self, d: int, *, momentum: float | None = 0.1, eps: float = 1e-3, groups: int = 1):
         super().__init__()
         self.d = check_int("BatchWhitening", "d", d, minimum=1)
-        self.momentum, self.eps = float(momentum), float(eps)
+        self.groups = check_int("BatchWhitening", "groups", groups, minimum=1)
+        if self.d % self.groups:
+            fail("BatchWhitening", f"d = {self.d} must be a multiple of groups, got groups = {self.groups}")
+        self.momentum = None if momentum is None else float(momentum)
+        self.eps = float(eps)
+        self._count = 0
+        g = self.d // self.groups
         self.register_buffer("running_mean", torch.zeros(self.d))
-        self.register_buffer("running_cov", torch.eye(self.d))
+        cov = torch.eye(self.d) if self.groups == 1 else torch.eye(g).expand(self.groups, g, g).clone()
+        self.register_buffer("running_cov", cov)
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        g = self.d // self.groups
+        self.running_cov.copy_(torch.eye(g).expand_as(self.running_cov.view(self.groups, g, g))
+                               .reshape(self.running_cov.shape))
+        self._count = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.d:
             fail("BatchWhitening", f"input must have shape (B, {self.d}), got {tuple(x.shape)}")
-        eye = torch.eye(self.d, dtype=x.dtype, device=x.device)
+        G, g = self.groups, self.d // self.groups
+        eye = torch.eye(g, dtype=x.dtype, device=x.device)
         if self.training:
             if x.shape[0] < 2:
                 fail("BatchWhitening", f"training needs a batch of at least 2, got {x.shape[0]}")
             mu = x.mean(0)
-            xc = x - mu
-            cov = xc.T @ xc / (x.shape[0] - 1)
+            xc = (x - mu).view(-1, G, g).transpose(0, 1)          # (G, B, g)
+            cov = xc.transpose(1, 2) @ xc / (x.shape[0] - 1)       # (G, g, g)
             with torch.no_grad():
-                self.running_mean.lerp_(mu.detach().to(self.running_mean), self.momentum)
-                self.running_cov.lerp_(cov.detach().to(self.running_cov), self.momentum)
+                self._count += 1
+                w = self.momentum if self.momentum is not None else 1.0 / self._count
+                self.running_mean.lerp_(mu.detach().to(self.running_mean), w)
+                self.running_cov.lerp_(cov.detach().view(self.running_cov.shape).to(self.running_cov), w)
         else:
             mu = self.running_mean.to(x)
-            xc = x - mu
-            cov = self.running_cov.to(x)
+            xc = (x - mu).view(-1, G, g).transpose(0, 1)
+            cov = self.running_cov.to(x).view(G, g, g)
         L = torch.linalg.cholesky(cov + self.eps * eye)
-        # (x - mu) L^{-T}: solve L y^T = (x - mu)^T
-        return torch.linalg.solve_triangular(L, xc.T, upper=False).T
+        # (x - mu) L^{-T}: solve L y^T = (x - mu)^T, per group
+        y = torch.linalg.solve_triangular(L, xc.transpose(1, 2), upper=False)  # (G, g, B)
+        return y.permute(2, 0, 1).reshape(x.shape[0], self.d)
 
 
 class DoubleConv(nn.Sequential):
@@ -142,14 +165,19 @@ class PoseEncoder(nn.Module):
             whitened outputs cannot collapse onto one orientation, the stable failure of
             amortized training from scratch (every predicted viewing direction equal, the
             volume the mean image extruded along it). Not in the papers; off by default here.
+        heads: number of rotation hypotheses per image (multi-choice encoder, cf. CryoSPIN):
+            the rotation head predicts ``heads`` rotations (each whitened on its own when
+            ``whiten_rotation``); ``forward`` then returns rotations ``(B, heads, 3, 3)``. The
+            translation head stays single. 1 (default): rotations ``(B, 3, 3)``.
     """
 
     def __init__(self, n: int, channels: tuple[int, ...] = (32, 64, 128, 256), filters: int = 5,
                  rotation: str = "s2s2", hidden: tuple[int, ...] = (512, 256), max_shift: float | None = None,
-                 batch_norm: bool = True, whiten_rotation: bool = False):
+                 batch_norm: bool = True, whiten_rotation: bool = False, heads: int = 1):
         super().__init__()
         fn = "PoseEncoder"
         self.n = check_int(fn, "n", n, minimum=4)
+        self.heads = check_int(fn, "heads", heads, minimum=1)
         if rotation not in ROTATION_HEADS:
             fail(fn, f"rotation must be one of {sorted(ROTATION_HEADS)}, got {rotation!r}")
         if len(channels) < 1 or self.n >> len(channels) < 1:
@@ -165,9 +193,9 @@ class PoseEncoder(nn.Module):
         self.features = nn.Sequential(*blocks)
         side = self.n >> len(channels)
         d = c * side * side
-        self.rotation_head = _mlp(d, tuple(hidden), ROTATION_HEADS[rotation])
+        self.rotation_head = _mlp(d, tuple(hidden), self.heads * ROTATION_HEADS[rotation])
         if whiten_rotation:
-            self.rotation_head.append(BatchWhitening(ROTATION_HEADS[rotation]))
+            self.rotation_head.append(BatchWhitening(self.heads * ROTATION_HEADS[rotation], groups=self.heads))
         self.translation_head = _mlp(d, tuple(hidden), 2)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -187,8 +215,12 @@ class PoseEncoder(nn.Module):
         return relion_euler_to_matrix(deg[:, 0], deg[:, 1], deg[:, 2])
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotations ``(B, 3, 3)`` (``(B, heads, 3, 3)`` with several heads), shifts ``(B, 2)``."""
         f = self.embed(images)
-        R = self.rotation_from_head(self.rotation_head(f))
+        h = self.rotation_head(f)
+        B = h.shape[0]
+        R = self.rotation_from_head(h.reshape(B * self.heads, -1))
+        R = R.view(B, self.heads, 3, 3) if self.heads > 1 else R.view(B, 3, 3)
         t = self.translation_head(f)
         if self.max_shift is not None:
             t = self.max_shift * torch.tanh(t)
