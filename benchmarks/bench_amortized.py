@@ -93,8 +93,12 @@ class BaselineModel(torch.nn.Module):
         Y = torch.cat((Y, rotate180(Y)))
         C = torch.cat((ctf, ctf))
         R, t = self.m.encode(x)
+        K = self.m.config.pose_heads
+        if K > 1:  # K rotation hypotheses per image, the loss keeps the best (winner takes all)
+            R = R.reshape(-1, 3, 3)
+            Y, C, t = Y.repeat_interleave(K, 0), C.repeat_interleave(K, 0), t.repeat_interleave(K, 0)
         X = self.slices(R) * C * _shift_phase(self.n, t)
-        d = fourier_l2(Y, X, self.mask)
+        d = fourier_l2(Y, X, self.mask).view(2 * B, K).min(1).values
         loss, _ = symmetric_loss(d[:B], d[B:])
         return loss.mean()
 
@@ -209,9 +213,13 @@ def main():
         (32, "fouriernet", 16, {**small, "fourier_hidden": 128}),
         (64, "voxel", 32, {**small, "encoder_size": 32}),
         (64, "fouriernet", 8, {**small, "encoder_size": 32, "fourier_hidden": 128}),
+        # the recipe that recovers poses from scratch (docs/evidence/amortized): 16 whitened
+        # rotation hypotheses per image, so 16x the decoder work per image
+        (32, "voxel", 32, {**small, "pose_heads": 16, "whiten_rotation": True}),
+        (64, "voxel", 16, {**small, "encoder_size": 32, "pose_heads": 16, "whiten_rotation": True}),
     ]
     if args.quick:
-        configs = [(n, d, 8, kw) for n, d, _, kw in configs[:2]]
+        configs = [(n, d, 8, kw) for n, d, _, kw in configs[:2] + configs[4:5]]
     elif args.batch:
         configs = [(n, d, args.batch, kw) for n, d, _, kw in configs]
     rows = []
