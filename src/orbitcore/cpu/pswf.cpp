@@ -128,9 +128,10 @@ ORBITCORE_TILE_FNS(float, f32)
 ORBITCORE_TILE_FNS(double, f64)
 #undef ORBITCORE_TILE_FNS
 
-template <typename T>
-void pswf_fold(const T* img, index_t B, index_t npix, const int* pix, const T* Q, const int* size,
-               const int* feat, index_t O, T* y, index_t F, int num_threads) {
+// Rows in blocks of kRows over the threads, each thread with its own tile buffers:
+// tile(b0, nb, xt, yt) handles rows [b0, b0 + nb).
+template <typename T, typename Tile>
+void for_each_row_block(index_t B, index_t npix, index_t F, int num_threads, Tile tile) {
   const int nt = resolve_threads(num_threads);
   const index_t blocks = (B + kRows - 1) / kRows;
 #pragma omp parallel num_threads(nt)
@@ -139,27 +140,25 @@ void pswf_fold(const T* img, index_t B, index_t npix, const int* pix, const T* Q
 #pragma omp for schedule(static)
     for (index_t blk = 0; blk < blocks; ++blk) {
       const index_t b0 = blk * kRows;
-      const int nb = static_cast<int>(std::min<index_t>(kRows, B - b0));
-      fold_tile_any(img + b0 * npix, npix, nb, pix, Q, size, feat, O, y + b0 * F, F, xt.data(), yt.data());
+      tile(b0, static_cast<int>(std::min<index_t>(kRows, B - b0)), xt.data(), yt.data());
     }
   }
 }
 
 template <typename T>
+void pswf_fold(const T* img, index_t B, index_t npix, const int* pix, const T* Q, const int* size,
+               const int* feat, index_t O, T* y, index_t F, int num_threads) {
+  for_each_row_block<T>(B, npix, F, num_threads, [&](index_t b0, int nb, T* xt, T* yt) {
+    fold_tile_any(img + b0 * npix, npix, nb, pix, Q, size, feat, O, y + b0 * F, F, xt, yt);
+  });
+}
+
+template <typename T>
 void pswf_unfold(const T* y, index_t B, index_t F, const int* pix, const T* Q, const int* size,
                  const int* feat, index_t O, T* img, index_t npix, int num_threads) {
-  const int nt = resolve_threads(num_threads);
-  const index_t blocks = (B + kRows - 1) / kRows;
-#pragma omp parallel num_threads(nt)
-  {
-    std::vector<T> xt(static_cast<std::size_t>(npix * kRows)), yt(static_cast<std::size_t>(F * kRows));
-#pragma omp for schedule(static)
-    for (index_t blk = 0; blk < blocks; ++blk) {
-      const index_t b0 = blk * kRows;
-      const int nb = static_cast<int>(std::min<index_t>(kRows, B - b0));
-      unfold_tile_any(y + b0 * F, F, nb, pix, Q, size, feat, O, img + b0 * npix, npix, xt.data(), yt.data());
-    }
-  }
+  for_each_row_block<T>(B, npix, F, num_threads, [&](index_t b0, int nb, T* xt, T* yt) {
+    unfold_tile_any(y + b0 * F, F, nb, pix, Q, size, feat, O, img + b0 * npix, npix, xt, yt);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
