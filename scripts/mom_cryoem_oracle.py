@@ -10,6 +10,12 @@ errors (eq. 22) and the aligned FSC / correlation against the cropped truth.
 
     PYTHONPATH=python python scripts/mom_cryoem_oracle.py --n 17 --radii 8 --iters 1500 --density oracle
     PYTHONPATH=python python scripts/mom_cryoem_oracle.py --n 17 --radii 2,3,4,5,6,7,8 --iters 200 --density free
+    PYTHONPATH=python python scripts/mom_cryoem_oracle.py --n 17 --truth-only --band-limit disk
+    PYTHONPATH=python python scripts/mom_cryoem_oracle.py --n 17 --start-noise 0.3 --iters 800
+    PYTHONPATH=python python scripts/mom_cryoem_oracle.py --n 17 --start 1 --radii 8,8,8,8 --iters 1000
+
+``--band-limit`` (default ``cube``, the consistent model here; the library's default is
+``disk``): FitConfig.band_limit. Results of 2026-11-21: docs/evidence/mom_cryoem/oracle_band_limit.txt.
 """
 from __future__ import annotations
 
@@ -36,6 +42,14 @@ def main() -> None:
     p.add_argument("--density", choices=("oracle", "free"), default="oracle")
     p.add_argument("--kappa", default="2,20", help="range of the vMF concentrations (VonMisesFisherMixture.random)")
     p.add_argument("--start", type=int, default=-1, help="-1: the Gaussian blob; k >= 0: a random smooth start, seed k")
+    p.add_argument("--start-noise", type=float, default=0.0,
+                   help="> 0: start from the truth plus white noise of this relative norm (overrides --start)")
+    p.add_argument("--bandlimit-truth", action="store_true",
+                   help="zero the truth's frequencies beyond the moments' disk radius (the voxel model's band "
+                        "limit) before taking its moments")
+    p.add_argument("--band-limit", choices=("cube", "disk"), default="cube", help="FitConfig.band_limit of the model")
+    p.add_argument("--truth-only", action="store_true",
+                   help="print the moment errors of the model set to the truth (oracle density) and exit")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -44,8 +58,13 @@ def main() -> None:
     vol = vol / vol.norm()
     kappa = tuple(float(x) for x in a.kappa.split(","))
     vmf = VonMisesFisherMixture.random(8, kappa, generator=torch.Generator().manual_seed(0))
+    if a.bandlimit_truth:
+        from orbitcore.mom.cryoem_models import _half_spectrum_of, _volume_from_half_spectrum, band_mask  # noqa: PLC0415
+
+        vol = _volume_from_half_spectrum(_half_spectrum_of(vol) * band_mask(a.n, ce.default_radius(a.n)), a.n)
     mom = ce.exact_moments(vol, vmf, so3_quadrature(dtype=torch.float64)[0])
-    cfg = ce.FitConfig(model="voxel", density="free", dtype="float64").validate()
+    cfg = ce.FitConfig(model="voxel", density="free", dtype="float64", band_limit=a.band_limit).validate()
+    band = None if a.band_limit == "cube" else mom.radius  # the script's optimiser is L-BFGS
     scale = ce._moment_scale(mom.M2)
     M1n, M2n = ce._normalised(mom, scale, torch.float64)
     model = ce.build_model(mom, cfg)
@@ -56,7 +75,13 @@ def main() -> None:
         u = torch.randn(a.n, a.n, a.n, generator=g, dtype=torch.float64)
         u = oc.fourier.ifft3c(oc.fourier.fft3c(u) * torch.exp(-oc.fourier.radial_frequency(a.n, 3) ** 2 / 8)).real
         b = gaussian_blob(a.n, dtype=torch.float64)
-        model.volume = VoxelVolume(a.n, b + 0.5 * float(b.max()) * u / u.abs().max(), radius=mom.radius,
+        model.volume = VoxelVolume(a.n, b + 0.5 * float(b.max()) * u / u.abs().max(), radius=band,
+                                   dtype=torch.float64)
+    if a.start_noise > 0:
+        from orbitcore.mom.cryoem_models import VoxelVolume  # noqa: PLC0415
+
+        w = torch.randn(a.n, a.n, a.n, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        model.volume = VoxelVolume(a.n, (vol + a.start_noise * w * vol.norm() / w.norm()) / scale, radius=band,
                                    dtype=torch.float64)
     params = list(model.volume.parameters())
     if a.density == "oracle":
@@ -64,6 +89,18 @@ def main() -> None:
             model.density.logits.copy_(torch.log(vmf.so3_density(model.rotations)))
     else:
         params += list(model.density.parameters())
+    if a.truth_only:
+        from orbitcore.mom.cryoem_models import VoxelVolume  # noqa: PLC0415
+
+        model.volume = VoxelVolume(a.n, vol / scale, radius=band, dtype=torch.float64)
+        with torch.no_grad():
+            model.density.logits.copy_(torch.log(vmf.so3_density(model.rotations)))
+        res = ce.MoMResult(model, cfg, mom, scale, float(M1n.norm() / M2n.norm()), {"loss": [0.0]}, 0.0)
+        kept = float((model.volume.volume() * scale - vol).norm() / vol.norm())
+        e1, e2 = res.moment_errors()
+        print(f"n={a.n} band limit {a.band_limit}: the truth's moment errors {e1:.5f} / {e2:.5f}; "
+              f"the band cut changes the map by {kept:.3f} of its norm")
+        return
     lay = mom.layout
     k2 = (lay.frequencies.double() ** 2).sum(1)
     t0 = time.time()
@@ -84,7 +121,11 @@ def main() -> None:
             L.backward()
             return L
 
+        print(f"  start: squared loss {float(closure()):.3e}", flush=True)
         opt.step(closure)
+        st = opt.state[opt._params[0]]
+        print(f"  L-BFGS: {st.get('n_iter', 0)} iterations, {st.get('func_evals', 0)} evaluations, "
+              f"final squared loss {float(closure()):.3e}", flush=True)
         res = ce.MoMResult(model, cfg, mom, scale, float(M1n.norm() / M2n.norm()), {"loss": [0.0]}, 0.0)
         ev = ce.evaluate(res, vol)
         print(f"n={a.n} kappa={a.kappa} start={a.start} r={r:g} density={a.density} {time.time() - t0:.0f}s  moment errors "

@@ -98,7 +98,8 @@ def run(args) -> int:
     cfg = ce.FitConfig(model=args.model, query=args.query, hidden=args.hidden, density=args.density,
                        n_directions=args.n_directions, n_inplane=args.n_inplane, exact_degree=args.exact_degree,
                        steps=args.steps, lr=args.lr, squared=args.squared, seed=args.seed, latent_dim=args.latent_dim,
-                       optimizer=args.optimizer, dtype=args.dtype)
+                       optimizer=args.optimizer, dtype=args.dtype,
+                       band_limit=args.band_limit)
     res = ce.fit(mom, cfg, checkpoint=out / "checkpoint.pt", checkpoint_every=args.checkpoint_every,
                  resume=not args.restart, verbose=verbose)
     ev = None
@@ -156,6 +157,9 @@ def register(sub) -> None:
                      help="adam (the paper; lr/10 for the second half) or lbfgs (full-batch quasi-Newton, "
                           "recommended with --model voxel --squared; stops when it converges)")
     fit.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    fit.add_argument("--band-limit", choices=("disk", "cube"), default="disk",
+                     help="voxel / FourierNet grid model: zero the frequencies beyond the moments' disk "
+                          "(default) or keep the whole n^3 grid (FitConfig.band_limit)")
     fit.add_argument("--steps", type=int, default=2000, help="optimiser steps (L-BFGS: iterations)")
     fit.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4 FourierNet, 1e-2 voxel)")
     fit.add_argument("--squared", action="store_true", help="squared Frobenius norms in eq. 28")
