@@ -141,15 +141,28 @@ def stage_train(args) -> dict:
           "encoder_size": args.encoder_size, "channels": tuple(args.channels), "fourier_hidden": args.fourier_hidden,
           "seed": args.seed, "max_shift": 3.0, "pose_heads": args.heads, "whiten_rotation": bool(args.whiten)}
     tc = {"steps": args.steps, "batch_size": args.batch, "lr": args.lr, "num_workers": 0, "use_ctf": True,
-          "checkpoint_every": 0, "seed": args.seed, "log_every": 10, "radius_start": args.radius_start,
+          "checkpoint_every": args.eval_every, "seed": args.seed, "log_every": 10, "radius_start": args.radius_start,
           "radius_hold": args.radius_hold, "radius_ramp": args.radius_ramp}
-    tr = Trainer(str(_star(args, args.snr_db)), mc, tc, verbose=False)
-    evals = []
+    # checkpoints (every --eval-every steps) and the evaluations so far live in work/ckpt/<tag>:
+    # an interrupted run started again with the same arguments resumes exactly where it stopped
+    ckpt_dir = pathlib.Path(args.work) / "ckpt" / tag
+    partial = ckpt_dir / "evaluations.json"
+    if (ckpt_dir / "checkpoint.pt").exists():
+        tr = Trainer.resume(ckpt_dir / "checkpoint.pt", steps=args.steps, verbose=False)
+        evals = json.loads(partial.read_text()) if partial.exists() else []
+        evals = [e for e in evals if e["step"] <= tr.step]
+        print(f"{tag}: resumed at step {tr.step}", flush=True)
+    else:
+        tr = Trainer(str(_star(args, args.snr_db)), mc, tc, out_dir=ckpt_dir, verbose=False)
+        evals = []
     t0 = time.time()
 
     def cb(t):
+        if evals and evals[-1]["step"] == t.step:
+            return
         m = _measure(t, ref, args)
         evals.append(m)
+        _write_json(partial, evals)
         loss = t.history[-1]["loss"] if t.history else float("nan")
         print(f"{tag} step {t.step}: loss {loss:.4f} res {m['resolution_05_A']:.1f} A "
               f"rot median angle {m['rot_median_angle_deg']:.1f} deg frob {m['rot_median_sq_frobenius']:.3f} "
@@ -157,8 +170,7 @@ def stage_train(args) -> dict:
 
     cb(tr)
     tr.fit(callback=cb, callback_every=args.eval_every)
-    if evals[-1]["step"] != tr.step:
-        cb(tr)
+    cb(tr)
     doc = {"tag": tag, "model": tr.model.config.to_dict(), "train": tr.config.to_dict(),
            "history": [h for h in tr.history if "loss" in h], "evaluations": evals,
            "mirror_symmetry": oc.metrics.mirror_symmetry(tr.model.volume().double()),
