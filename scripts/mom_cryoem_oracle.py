@@ -33,13 +33,30 @@ from orbitcore.mom import cryoem as ce
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+class _DirectionDensity(torch.nn.Module):
+    """z_j = softmax(θ)[d(j)] / (rules per direction): free logits per viewing direction Q_j e_z,
+    uniform over the in-plane angles."""
+
+    def __init__(self, rotations):
+        super().__init__()
+        d = torch.unique(torch.round(rotations[:, :, 2].double() * 1e6), dim=0, return_inverse=True)[1]
+        self.register_buffer("group", d)
+        self.register_buffer("count", torch.bincount(d).to(rotations.dtype))
+        self.logits = torch.nn.Parameter(torch.zeros(len(self.count), dtype=rotations.dtype))
+
+    def forward(self, M1=None, M2=None):
+        return (torch.softmax(self.logits, 0) / self.count)[self.group]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--map", default=str(ROOT.parent / "shared" / "data" / "clean70SRibosome_vol_65p.mrc"))
     p.add_argument("--n", type=int, default=17)
     p.add_argument("--radii", default="8", help="comma-separated disk radii of the marching stages")
     p.add_argument("--iters", type=int, default=1500, help="L-BFGS iterations per stage")
-    p.add_argument("--density", choices=("oracle", "free"), default="oracle")
+    p.add_argument("--density", choices=("oracle", "free", "directions"), default="oracle",
+                   help="oracle: fixed to the truth; free: 1200 free logits; directions: free logits per viewing "
+                        "direction, uniform over the in-plane angles")
     p.add_argument("--kappa", default="2,20", help="range of the vMF concentrations (VonMisesFisherMixture.random)")
     p.add_argument("--start", type=int, default=-1, help="-1: the Gaussian blob; k >= 0: a random smooth start, seed k")
     p.add_argument("--start-noise", type=float, default=0.0,
@@ -88,6 +105,8 @@ def main() -> None:
         with torch.no_grad():
             model.density.logits.copy_(torch.log(vmf.so3_density(model.rotations)))
     else:
+        if a.density == "directions":
+            model.density = _DirectionDensity(model.rotations)
         params += list(model.density.parameters())
     if a.truth_only:
         from orbitcore.mom.cryoem_models import VoxelVolume  # noqa: PLC0415
