@@ -236,11 +236,13 @@ def stage_report(args) -> None:
     # ablation: voxel, 0 dB, L2 vs symmetric over seeds
     abl = {t: r for t, r in runs.items() if t.startswith("voxel_snr+0dB_")}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for tag, r in abl.items():
-        c = "C0" if r["model"]["symmetric"] else "C3"
+    for i, (tag, r) in enumerate(abl.items()):
+        c = ("C0", "C2", "C4")[i % 3] if r["model"]["symmetric"] else ("C3", "C1", "C5")[i % 3]
         ls = ["-", "--", ":"][r["model"]["seed"] % 3]
+        variant = tag.split(f"seed{r['model']['seed']}", 1)[1].lstrip("_")  # the run's --tag
         lab = f"{'symmetric' if r['model']['symmetric'] else 'L2'} seed {r['model']['seed']} " \
-              f"(mirror sym. {r['mirror_symmetry']:.2f})"
+              f"{variant + ' ' if variant else ''}(K={r['model'].get('pose_heads', 1)}, {r['train']['steps']} steps, " \
+              f"mirror sym. {r['mirror_symmetry']:.2f})"
         axes[0].plot([h["step"] for h in r["history"]], [h["loss"] for h in r["history"]], c, ls=ls, label=lab)
         ev = r["evaluations"]
         axes[1].plot([e["step"] for e in ev], [e["resolution_05_A"] for e in ev], c, ls=ls, marker="o", label=lab)
