@@ -39,7 +39,7 @@ class _DirectionDensity(torch.nn.Module):
 
     def __init__(self, rotations):
         super().__init__()
-        d = torch.unique(torch.round(rotations[:, :, 2].double() * 1e6), dim=0, return_inverse=True)[1]
+        d = ce.viewing_groups(rotations)[1].to(rotations.device)
         self.register_buffer("group", d)
         self.register_buffer("count", torch.bincount(d).to(rotations.dtype))
         self.logits = torch.nn.Parameter(torch.zeros(len(self.count), dtype=rotations.dtype))

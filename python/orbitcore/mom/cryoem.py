@@ -81,7 +81,7 @@ from .cryoem_models import FourierNetVolume, FreeDensity, MomentEncoder, VolumeM
 __all__ = [
     "CryoEMMoments", "FitConfig", "MoMCryoEM", "MoMResult", "working_images", "working_sigma2",
     "moments_from_images", "simulate_moments", "build_model", "fit", "evaluate", "write_outputs",
-    "default_radius", "CHECKPOINT_FORMAT",
+    "default_radius", "exact_moments", "direction_density", "viewing_groups", "CHECKPOINT_FORMAT",
 ]
 
 CHECKPOINT_FORMAT = "orbitcore.mom.cryoem/1"
@@ -959,7 +959,7 @@ def evaluate(result: MoMResult, truth, *, truth_pixel_size: float | None = None,
         c = torch.corrcoef(torch.stack((rho_true, rho_est)))[0, 1]
         # the same on the viewing directions (in-plane angles summed): the part of ρ that the
         # moments of a smooth volume constrain best (the truth is uniform in-plane)
-        _, inv = torch.unique(torch.round(Q[:, :, 2] * 1e6), dim=0, return_inverse=True)
+        _, inv = viewing_groups(Q)
         q1 = int(inv.max()) + 1
         d_true = torch.zeros(q1, dtype=torch.float64).index_add_(0, inv, rho_true.to(torch.float64))
         d_est = torch.zeros(q1, dtype=torch.float64).index_add_(0, inv, rho_est.to(torch.float64))
@@ -969,17 +969,21 @@ def evaluate(result: MoMResult, truth, *, truth_pixel_size: float | None = None,
     return out
 
 
+def viewing_groups(rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(directions (q1, 3), group (q,))``: the distinct viewing directions ``Q_j e_z`` of a
+    rule ``(q, 3, 3)`` (equal to 1e-6) and, for each rotation, the index of its direction."""
+    d = rotations.to(torch.float64)[:, :, 2]
+    uniq, inv = torch.unique(torch.round(d * 1e6), dim=0, return_inverse=True)
+    dirs = torch.zeros(uniq.shape[0], 3, dtype=torch.float64).index_copy_(0, inv, d)
+    return dirs, inv
+
+
 def direction_density(result: MoMResult) -> tuple[torch.Tensor, torch.Tensor]:
     """``(directions (q1, 3), density (q1,))``: the density on the viewing directions of the
     quadrature (in-plane angles summed), relative to uniform (= 1)."""
-    Q = result.rotations.to(torch.float64)
-    w = result.weights()
-    d = Q[:, :, 2]
-    key = torch.round(d * 1e6)
-    uniq, inv = torch.unique(key, dim=0, return_inverse=True)
-    q1 = uniq.shape[0]
-    dens = torch.zeros(q1, dtype=torch.float64).index_add_(0, inv, w) * q1
-    dirs = torch.zeros(q1, 3, dtype=torch.float64).index_copy_(0, inv, d)
+    dirs, inv = viewing_groups(result.rotations)
+    q1 = dirs.shape[0]
+    dens = torch.zeros(q1, dtype=torch.float64).index_add_(0, inv, result.weights()) * q1
     return dirs, dens
 
 
