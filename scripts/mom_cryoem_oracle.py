@@ -20,6 +20,7 @@ errors (eq. 22) and the aligned FSC / correlation against the cropped truth.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import time
 
@@ -54,9 +55,13 @@ def main() -> None:
     p.add_argument("--n", type=int, default=17)
     p.add_argument("--radii", default="8", help="comma-separated disk radii of the marching stages")
     p.add_argument("--iters", type=int, default=1500, help="L-BFGS iterations per stage")
-    p.add_argument("--density", choices=("oracle", "free", "directions"), default="oracle",
+    p.add_argument("--density", choices=("oracle", "free", "directions", "projected"), default="oracle",
                    help="oracle: fixed to the truth; free: 1200 free logits; directions: free logits per viewing "
-                        "direction, uniform over the in-plane angles")
+                        "direction, uniform over the in-plane angles; projected: the directions model eliminated "
+                        "exactly at every evaluation (variable projection, FitConfig density='projected')")
+    p.add_argument("--shrink", default="0",
+                   help="with --density projected: comma-separated ProjectedDensity shrink factors, one per stage "
+                        "of --radii (a continuation from a near-uniform density to the exact one)")
     p.add_argument("--kappa", default="2,20", help="range of the vMF concentrations (VonMisesFisherMixture.random)")
     p.add_argument("--start", type=int, default=-1, help="-1: the Gaussian blob; k >= 0: a random smooth start, seed k")
     p.add_argument("--start-noise", type=float, default=0.0,
@@ -80,7 +85,8 @@ def main() -> None:
 
         vol = _volume_from_half_spectrum(_half_spectrum_of(vol) * band_mask(a.n, ce.default_radius(a.n)), a.n)
     mom = ce.exact_moments(vol, vmf, so3_quadrature(dtype=torch.float64)[0])
-    cfg = ce.FitConfig(model="voxel", density="free", dtype="float64", band_limit=a.band_limit).validate()
+    cfg = ce.FitConfig(model="voxel", density="projected" if a.density == "projected" else "free", squared=True,
+                       dtype="float64", band_limit=a.band_limit).validate()
     band = None if a.band_limit == "cube" else mom.radius  # the script's optimiser is L-BFGS
     scale = ce._moment_scale(mom.M2)
     M1n, M2n = ce._normalised(mom, scale, torch.float64)
@@ -104,7 +110,7 @@ def main() -> None:
     if a.density == "oracle":
         with torch.no_grad():
             model.density.logits.copy_(torch.log(vmf.so3_density(model.rotations)))
-    else:
+    elif a.density != "projected":
         if a.density == "directions":
             model.density = _DirectionDensity(model.rotations)
         params += list(model.density.parameters())
@@ -112,6 +118,7 @@ def main() -> None:
         from orbitcore.mom.cryoem_models import VoxelVolume  # noqa: PLC0415
 
         model.volume = VoxelVolume(a.n, vol / scale, radius=band, dtype=torch.float64)
+        model.density = ce.build_model(mom, dataclasses.replace(cfg, density="free")).density
         with torch.no_grad():
             model.density.logits.copy_(torch.log(vmf.so3_density(model.rotations)))
         res = ce.MoMResult(model, cfg, mom, scale, float(M1n.norm() / M2n.norm()), {"loss": [0.0]}, 0.0)
@@ -123,7 +130,9 @@ def main() -> None:
     lay = mom.layout
     k2 = (lay.frequencies.double() ** 2).sum(1)
     t0 = time.time()
-    for r in (float(x) for x in a.radii.split(",")):
+    shrinks = [float(x) for x in a.shrink.split(",")]
+    for stage, r in enumerate(float(x) for x in a.radii.split(",")):
+        tau = shrinks[min(stage, len(shrinks) - 1)]
         sel = (k2 <= r * r + 1e-9).nonzero()[:, 0]
         pos = torch.full((lay.m,), -1, dtype=torch.long)
         pos[sel] = torch.arange(len(sel))
@@ -136,6 +145,8 @@ def main() -> None:
         def closure():
             opt.zero_grad()
             S, z = model(M1n, M2n)
+            if a.density == "projected":
+                z = model.density.solve(S[:, sel], A1, A2, lam, conj, shrink=tau)
             L = oc.moment_loss(A1, A2, S[:, sel], z, lam, conjugate=conj, squared=True)
             L.backward()
             return L
@@ -147,7 +158,8 @@ def main() -> None:
               f"final squared loss {float(closure()):.3e}", flush=True)
         res = ce.MoMResult(model, cfg, mom, scale, float(M1n.norm() / M2n.norm()), {"loss": [0.0]}, 0.0)
         ev = ce.evaluate(res, vol)
-        print(f"n={a.n} kappa={a.kappa} start={a.start} r={r:g} density={a.density} {time.time() - t0:.0f}s  moment errors "
+        print(f"n={a.n} kappa={a.kappa} start={a.start} r={r:g} density={a.density} shrink={tau:g} "
+              f"{time.time() - t0:.0f}s  moment errors "
               f"{ev['moment_error_1']:.5f} / {ev['moment_error_2']:.5f}  FSC-0.5 {ev['resolution_05_px']:.2f} px  "
               f"corr {ev['correlation']:.3f}", flush=True)
 

@@ -257,6 +257,77 @@ def test_band_limit_and_representability_of_a_cropped_map(band_limit):
         ce.FitConfig(band_limit="sphere").validate()
 
 
+def _cube_map(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.arange(n, dtype=torch.float64) - n // 2
+    vol = torch.randn(n, n, n, generator=g, dtype=torch.float64)
+    vol = vol * ((x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2) <= (n / 3) ** 2)
+    return vol / vol.norm()
+
+
+def test_projected_density_is_the_exact_minimiser():
+    """ProjectedDensity.solve against independent references: (1) at the true volume (cube model,
+    exact moments of an in-plane-uniform vMF density) it returns the true density and eq. 28 = 0;
+    (2) at a wrong volume its weights satisfy the KKT conditions of min_w L on the simplex, with
+    the gradient taken by autograd through ``oc.moment_loss`` (not through the solver's G, b),
+    and no random feasible density has a lower loss."""
+    n = 11
+    vol = _cube_map(n, 2)
+    vmf = VonMisesFisherMixture.random(8, generator=torch.Generator().manual_seed(0))
+    Q, _ = so3_quadrature(dtype=torch.float64)
+    mom = ce.exact_moments(vol, vmf, Q)
+    cfg = ce.FitConfig(model="voxel", density="projected", squared=True, dtype="float64", band_limit="cube")
+    model = ce.build_model(mom, cfg)
+    a = ce._moment_scale(mom.M2)
+    M1n, M2n = ce._normalised(mom, a, torch.float64)
+    lam = float(M1n.norm() / M2n.norm())
+    vm = model.volume
+    with torch.no_grad():
+        vm.coefficients.copy_(torch.view_as_real(_half_spectrum_of(vol) / a / vm.scale))
+    L, S, z = model.loss(M1n, M2n, lam, squared=True)
+    true = vmf.so3_density(Q)
+    true = true / true.sum()
+    assert float(L.detach()) < 1e-12 * float(M1n.norm() ** 2), float(L.detach())
+    assert torch.allclose(z, true, atol=1e-7 * float(true.max())), float((z - true).abs().max())
+    assert torch.equal(model.density(), z)  # forward returns the last solution
+
+    # (2) a wrong volume: KKT through autograd of the loss in the direction weights
+    with torch.no_grad():
+        vm.coefficients.copy_(torch.view_as_real(_half_spectrum_of(_cube_map(n, 5)) / a / vm.scale))
+    S = model.volume.slices(model.rotations, model.layout).detach()
+    z = model.density.solve(S, M1n, M2n, lam, model.conjugate)
+    _, group = ce.viewing_groups(Q)
+    count = torch.bincount(group).double()
+    w = torch.zeros(len(count), dtype=torch.float64).index_add_(0, group, z).requires_grad_(True)
+    assert abs(float(w.sum()) - 1) < 1e-12 and float(w.min()) >= 0
+    assert torch.allclose(w[group] / count[group], z)  # uniform over the in-plane angles
+
+    def loss_of(wv):
+        return oc.moment_loss(M1n, M2n, S, wv[group] / count[group], lam, conjugate=model.conjugate, squared=True)
+
+    Lw = loss_of(w)
+    (g,) = torch.autograd.grad(Lw, w)
+    on = w.detach() > 1e-9 * float(w.max())
+    assert 0 < int(on.sum()) < len(w)  # a proper face of the simplex, so the test is not vacuous
+    nu = float(g[on].mean())
+    scale = float(g.abs().max())
+    assert float((g[on] - nu).abs().max()) < 1e-6 * scale       # equal gradients on the support
+    assert float((g[~on] - nu).min()) > -1e-6 * scale           # no descent direction off it
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(50):
+        u = torch.rand(len(w), generator=gen, dtype=torch.float64) ** 4
+        other = 0.9 * w.detach() + 0.1 * u / u.sum()
+        assert float(loss_of(other)) >= float(Lw) - 1e-12 * float(Lw)
+    # shrink pulls the weights to uniform (in-plane and across directions), and is validated
+    zu = model.density.solve(S, M1n, M2n, lam, model.conjugate, shrink=1e8).clone()
+    assert torch.allclose(zu, torch.full_like(zu, 1 / len(zu)), rtol=1e-4), float(zu.max() * len(zu))
+    with pytest.raises(ValueError, match="shrink"):
+        model.density.solve(S, M1n, M2n, lam, model.conjugate, shrink=-1.0)
+    # the library's config guards the squared loss it needs
+    with pytest.raises(ValueError, match="squared"):
+        ce.FitConfig(density="projected").validate()
+
+
 def test_encoder_starts_uniform_and_is_differentiable():
     lay = oc.MomentLayout(9, 2, 4)
     enc = MomentEncoder(lay, 30)
@@ -395,7 +466,8 @@ def test_lbfgs_steps_are_the_iterations_of_one_lbfgs_run():
 @pytest.mark.parametrize("kw", [
     dict(model="fouriernet", hidden=16, steps=6, lr=1e-3),
     dict(model="voxel", density="free", optimizer="lbfgs", steps=6, dtype="float64"),  # L-BFGS history resumes
-], ids=["adam-fouriernet", "lbfgs-voxel"])
+    dict(model="voxel", density="projected", squared=True, optimizer="lbfgs", steps=6, dtype="float64"),
+], ids=["adam-fouriernet", "lbfgs-voxel", "lbfgs-voxel-projected"])
 def test_checkpoint_resume_is_exact(tmp_path, kw):
     vol = _two_gaussians(9)
     mom = ce.simulate_moments(vol, 200, verbose=False)

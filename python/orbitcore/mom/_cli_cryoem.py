@@ -148,8 +148,9 @@ def register(sub) -> None:
                      help="FourierNet queries: at the rotated grids (paper) or on the n^3 grid then slices")
     fit.add_argument("--hidden", type=int, default=256, help="FourierNet width (default 256)")
     fit.add_argument("--latent-dim", type=int, default=0, help="size of the xi^v latent (default 0: none)")
-    fit.add_argument("--density", choices=["encoder", "free"], default="encoder",
-                     help="xi^rho encoder (paper) or free softmax logits")
+    fit.add_argument("--density", choices=["encoder", "free", "projected"], default="encoder",
+                     help="xi^rho encoder (paper), free softmax logits, or projected: in-plane-uniform weights "
+                          "solved exactly at every evaluation (variable projection; needs --squared)")
     fit.add_argument("--n-directions", type=int, default=None, help="quadrature: design points (default 100)")
     fit.add_argument("--n-inplane", type=int, default=None, help="quadrature: in-plane angles (default 12)")
     fit.add_argument("--exact-degree", type=int, default=None, help="quadrature exact to this degree instead")

@@ -76,7 +76,7 @@ from .._validate import OrbitcoreWarning, check_float, check_int, fail, to_tenso
 from ..geometry.so3 import so3_quadrature
 from ..io.mrc import atomic_path
 from ..ops.moments import MomentAccumulator, MomentLayout, Moments, model_moments, moment_loss
-from .cryoem_models import FourierNetVolume, FreeDensity, MomentEncoder, VolumeModel, VoxelVolume
+from .cryoem_models import FourierNetVolume, FreeDensity, MomentEncoder, ProjectedDensity, VolumeModel, VoxelVolume
 
 __all__ = [
     "CryoEMMoments", "FitConfig", "MoMCryoEM", "MoMResult", "working_images", "working_sigma2",
@@ -482,14 +482,16 @@ class FitConfig:
     ``"direct"`` (the paper) or ``"grid"`` for FourierNet (:class:`FourierNetVolume`);
     ``hidden``, ``amplitude_layers``, ``modulation_layers``, ``w0``: FourierNet's SIRENs;
     ``voxel_param`` ``"fourier"`` / ``"real"`` (:class:`VoxelVolume`); ``latent_dim``: size of
-    ``z_v`` (0: no ξ^v). Density: ``density`` ``"encoder"`` (ξ^ρ, the paper) or ``"free"``
-    (softmax of free logits). Quadrature (:func:`orbitcore.geometry.so3_quadrature`):
-    ``n_directions`` × ``n_inplane`` (None, None: the paper's 100 × 12, exact to degree 11) or
-    ``exact_degree`` (a t-design × (t+1) angles, exact to degree t),
-    ``inplane_offset`` (radians). Loss: ``lam`` (None: ``‖M̂1‖/‖M̂2‖``), ``squared`` (squared
-    norms). Optimiser: ``optimizer`` ``"adam"`` (the paper) or ``"lbfgs"`` (full-batch L-BFGS
-    with a strong-Wolfe line search, one iteration per step; ``lr`` and the schedule do not
-    apply), ``steps``, ``lr`` (None: 1e-4 for FourierNet, 1e-2 for voxels),
+    ``z_v`` (0: no ξ^v). Density: ``density`` ``"encoder"`` (ξ^ρ, the paper), ``"free"``
+    (softmax of free logits) or ``"projected"`` (not in the paper: in-plane-uniform weights on
+    the viewing directions, eliminated exactly at every evaluation by variable projection,
+    :class:`~orbitcore.mom.cryoem_models.ProjectedDensity`; needs ``squared=True``).
+    Quadrature (:func:`orbitcore.geometry.so3_quadrature`): ``n_directions`` × ``n_inplane``
+    (None, None: the paper's 100 × 12, exact to degree 11) or ``exact_degree`` (a t-design ×
+    (t+1) angles, exact to degree t), ``inplane_offset`` (radians). Loss: ``lam`` (None:
+    ``‖M̂1‖/‖M̂2‖``), ``squared`` (squared norms). Optimiser: ``optimizer`` ``"adam"`` (the
+    paper) or ``"lbfgs"`` (full-batch L-BFGS with a strong-Wolfe line search, one iteration per
+    step; ``lr`` and the schedule do not apply), ``steps``, ``lr`` (None: 1e-4 for FourierNet, 1e-2 for voxels),
     ``encoder_lr`` (None: ``lr``), ``lr_drop`` (factor of the second stage, 0.1),
     ``drop_fraction`` (where it starts, 0.5). ``seed`` initialises the networks.
 
@@ -543,7 +545,7 @@ class FitConfig:
     def validate(self) -> "FitConfig":
         fn = "FitConfig"
         choices = {"model": ("fouriernet", "voxel"), "query": ("direct", "grid"), "voxel_param": ("fourier", "real"),
-                   "density": ("encoder", "free"), "dtype": ("float32", "float64"),
+                   "density": ("encoder", "free", "projected"), "dtype": ("float32", "float64"),
                    "optimizer": ("adam", "lbfgs"), "band_limit": ("disk", "cube")}
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
@@ -557,6 +559,9 @@ class FitConfig:
             check_int(fn, k, getattr(self, k), minimum=0)
         if self.exact_degree is not None:
             check_int(fn, "exact_degree", self.exact_degree, minimum=0)
+        if self.density == "projected" and not self.squared:
+            fail(fn, "density='projected' eliminates z_rho from the squared loss (eq. 28 with squared norms); "
+                     "set squared=True")
         if self.latent_dim and self.model != "fouriernet":
             fail(fn, f"latent_dim > 0 (the xi^v latent) needs model='fouriernet', got model={self.model!r}")
         check_float(fn, "w0", self.w0, positive=True)
@@ -600,7 +605,7 @@ class MoMCryoEM(nn.Module):
         volume: a :class:`~orbitcore.mom.cryoem_models.VolumeModel`.
         rotations, weights: the quadrature ``(q, 3, 3)``, ``(q,)`` (uniform weights; the density
             model's softmax replaces them, see the module docstring).
-        density: ``"encoder"`` (ξ^ρ) or ``"free"``.
+        density: ``"encoder"`` (ξ^ρ), ``"free"`` or ``"projected"`` (:class:`ProjectedDensity`).
         latent_dim: size of ``z_v`` (needs a FourierNetVolume with the same latent_dim).
     """
 
@@ -625,8 +630,10 @@ class MoMCryoEM(nn.Module):
             self.density = MomentEncoder(layout, q, "density", **kw)
         elif density == "free":
             self.density = FreeDensity(q)
+        elif density == "projected":
+            self.density = ProjectedDensity(viewing_groups(rotations)[1])
         else:
-            fail(fn, f"density must be 'encoder' or 'free', got {density!r}")
+            fail(fn, f"density must be 'encoder', 'free' or 'projected', got {density!r}")
         self.latent_dim = latent_dim
         self.latent = MomentEncoder(layout, latent_dim, "latent", **kw) if latent_dim else None
         if latent_dim and getattr(volume, "latent_dim", 0) != latent_dim:
@@ -647,6 +654,10 @@ class MoMCryoEM(nn.Module):
     def loss(self, M1: torch.Tensor, M2: torch.Tensor, lam: float, *, squared: bool = False):
         """Eq. 28 and its parts: ``(L, S, z)``."""
         S, z = self(M1, M2)
+        if isinstance(self.density, ProjectedDensity):  # z_ρ = argmin_z L(S, z) (variable projection)
+            if not squared:
+                fail("MoMCryoEM.loss", "the projected density needs squared=True")
+            z = self.density.solve(S, M1, M2, lam, self.conjugate).to(S.real.dtype)
         L = moment_loss(M1, M2, S, z, lam, conjugate=self.conjugate, squared=squared)
         return L, S, z
 
@@ -704,9 +715,11 @@ class MoMResult:
         return self.model.rotations.detach()
 
     def weights(self) -> torch.Tensor:
-        """``z_ρ`` ``(q,)`` (sums to 1)."""
+        """``z_ρ`` ``(q,)`` (sums to 1); the projected density is solved for the final volume."""
         M1n, M2n = _normalised(self.moments, self.scale, self.config.torch_dtype)
         with torch.no_grad():
+            if isinstance(self.model.density, ProjectedDensity):
+                self.model.loss(M1n, M2n, self.lam, squared=True)
             return self.model.density(M1n, M2n).detach().to(torch.float64)
 
     def density(self) -> torch.Tensor:
@@ -804,7 +817,8 @@ def fit(moments: CryoEMMoments, config: FitConfig | None = None, *, checkpoint=N
     enc_lr = cfg.encoder_lr if cfg.encoder_lr is not None else lr
     groups = [{"params": list(model.volume.parameters()), "lr": lr, "base_lr": lr}]
     enc = list(model.density.parameters()) + (list(model.latent.parameters()) if model.latent is not None else [])
-    groups.append({"params": enc, "lr": enc_lr, "base_lr": enc_lr})
+    if enc:  # (the projected density has no parameters)
+        groups.append({"params": enc, "lr": enc_lr, "base_lr": enc_lr})
     if cfg.optimizer == "lbfgs":
         params = [p for g in groups for p in g["params"]]
         # one iteration per call (history kept in the optimiser's state: checkpoints resume exactly)
