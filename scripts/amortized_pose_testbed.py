@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Test bed for amortized pose inference from scratch (issue 6): tiny noiseless data, one thread.
 
-Simulates ``--images`` noiseless, centred, CTF-free projections (uniform rotations) of the
-built-in pseudo-molecule at ``--n``, then trains an :class:`orbitcore.amortized.AmortizedModel`
+Simulates ``--images`` projections (uniform rotations) of the built-in pseudo-molecule at ``--n``:
+noiseless, centred and CTF-free unless ``--snr-db``, ``--shift-px`` or ``--ctf`` add the
+differences of the documented-scale dataset one at a time, then trains an :class:`orbitcore.amortized.AmortizedModel`
 from a random encoder, either with the true volume frozen in the voxel decoder
 (``--frozen``: encoder-only, the pose-inference problem alone) or jointly with a random
 volume. Every ``--eval-every`` steps: the median rotation error over all particles after the
@@ -29,11 +30,14 @@ from orbitcore.amortized import Trainer, predict_poses, recalibrate_statistics
 
 
 def data(args) -> pathlib.Path:
-    p = pathlib.Path(args.work) / f"tb_n{args.n}_N{args.images}_s{args.data_seed}" / "p.star"
+    extra = (f"_snr{args.snr_db:+g}dB" if args.snr_db is not None else "") + ("_ctf" if args.ctf else "") + \
+        (f"_sh{args.shift_px:g}" if args.shift_px else "")
+    p = pathlib.Path(args.work) / f"tb_n{args.n}_N{args.images}_s{args.data_seed}{extra}" / "p.star"
     if not p.exists():
         vol = oc.physics.pseudo_molecule(args.n).float()
-        oc.physics.simulate_particles(vol, args.images, pixel_size=32 * 4.0 / args.n, ctf=False, out=p,
-                                      seed=args.data_seed)
+        px = 32 * 4.0 / args.n
+        oc.physics.simulate_particles(vol, args.images, pixel_size=px, ctf=args.ctf, snr_db=args.snr_db,
+                                      shift_std=args.shift_px * px, out=p, seed=args.data_seed)
     return p
 
 
@@ -44,6 +48,10 @@ def main():
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--data-seed", type=int, default=1)
+    ap.add_argument("--snr-db", type=float, default=None, help="noise (default: noiseless)")
+    ap.add_argument("--ctf", action="store_true", help="CTF-modulated images (default defocus distribution)")
+    ap.add_argument("--shift-px", type=float, default=0.0,
+                    help="std of the in-plane shifts in pixels (> 0: the translation head is trained too)")
     ap.add_argument("--frozen", action="store_true", help="true volume, frozen (encoder only)")
     ap.add_argument("--init-lowpass", type=float, default=None,
                     help="joint fit from an initial model: the truth low-passed to this radius (Fourier pixels)")
@@ -68,10 +76,11 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     star = data(args)
-    mc = {"decoder": args.decoder, "shifts": "none", "symmetric": args.loss == "sym", "whiten_rotation": bool(args.whiten),
+    mc = {"decoder": args.decoder, "shifts": "predict" if args.shift_px else "none", "symmetric": args.loss == "sym",
+          "whiten_rotation": bool(args.whiten),
           "channels": tuple(args.channels), "hidden": tuple(args.hidden), "filters": args.filters,
           "rotation": args.rotation, "pose_heads": args.heads, "seed": args.seed, "fourier_hidden": 64}
-    tc = {"steps": args.steps, "batch_size": args.batch, "num_workers": 0, "use_ctf": False, "lr": args.lr,
+    tc = {"steps": args.steps, "batch_size": args.batch, "num_workers": 0, "use_ctf": args.ctf, "lr": args.lr,
           "decoder_lr": args.decoder_lr, "checkpoint_every": 0, "log_every": 10, "seed": args.seed,
           "radius_start": args.radius_start, "radius_hold": args.hold, "radius_ramp": args.ramp}
     tr = Trainer(str(star), mc, tc, verbose=False)
@@ -90,7 +99,7 @@ def main():
     t0 = time.time()
 
     def cb(t):
-        pred = predict_poses(t.model, t.stack, use_ctf=False)
+        pred = predict_poses(t.model, t.stack, use_ctf=args.ctf)
         pe = oc.metrics.pose_errors(pred["rotations"], t.stack.rotations)
         e = {"step": t.step, "radius": t.radius_at(max(t.step - 1, 0)), "loss": t.history[-1]["loss"] if t.history else None,
              "eval_loss": float(pred["loss"].mean()), "median_deg": pe.rotation_median_angle,
@@ -107,7 +116,7 @@ def main():
         e["batchstat_median_deg"] = pb.rotation_median_angle
         e["batchstat_frac_below_10deg"] = float((pb.per_image_angle < 10).float().mean())
         mr = recalibrate_statistics(t.model, t.stack)
-        pr = oc.metrics.pose_errors(predict_poses(mr, t.stack, use_ctf=False)["rotations"], t.stack.rotations)
+        pr = oc.metrics.pose_errors(predict_poses(mr, t.stack, use_ctf=args.ctf)["rotations"], t.stack.rotations)
         e["recal_median_deg"] = pr.rotation_median_angle
         e["recal_frac_below_10deg"] = float((pr.per_image_angle < 10).float().mean())
         if args.frozen:
