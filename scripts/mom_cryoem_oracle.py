@@ -13,6 +13,8 @@ errors (eq. 22) and the aligned FSC / correlation against the cropped truth.
     PYTHONPATH=python python scripts/mom_cryoem_oracle.py --n 17 --truth-only --band-limit disk
     PYTHONPATH=python python scripts/mom_cryoem_oracle.py --n 17 --start-noise 0.3 --iters 800
     PYTHONPATH=python python scripts/mom_cryoem_oracle.py --n 17 --start 1 --radii 8,8,8,8 --iters 1000
+    PYTHONPATH=python python scripts/mom_cryoem_oracle.py --n 17 --density projected --start 1 \
+        --radii 8,8,8,8 --iters 500 --shrink 1,0.1,0.01,0
 
 ``--band-limit`` (default ``cube``, the consistent model here; the library's default is
 ``disk``): FitConfig.band_limit. Results of 2026-11-21: docs/evidence/mom_cryoem/oracle_band_limit.txt.

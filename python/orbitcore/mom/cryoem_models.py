@@ -45,8 +45,8 @@ from ..ops.moments import MomentLayout
 from ..ops.slice import fourier_slice
 from ..physics.projection import prepare_volume_ft
 
-__all__ = ["VolumeModel", "FourierNetVolume", "VoxelVolume", "MomentEncoder", "LatentFourierNet",
-           "half_spectrum_frequencies"]
+__all__ = ["VolumeModel", "FourierNetVolume", "VoxelVolume", "MomentEncoder", "LatentFourierNet", "FreeDensity",
+           "ProjectedDensity", "half_spectrum_frequencies"]
 
 _SLOPE = 0.02  # appendix A: LeakyReLU with parameter 0.02
 
@@ -526,8 +526,8 @@ class ProjectedDensity(nn.Module):
         if int(count.min()) == 0:
             fail("ProjectedDensity", "group must use every direction index 0..q1-1 at least once")
         self.register_buffer("group", group)
-        self.register_buffer("count", count.to(torch.float64))
-        self.register_buffer("z", (1.0 / len(count) / self.count)[group])
+        self.register_buffer("count", count)  # integer: unaffected by .to(dtype)
+        self.register_buffer("z", (1.0 / len(count) / count.double())[group])
 
     def forward(self, M1: torch.Tensor | None = None, M2: torch.Tensor | None = None) -> torch.Tensor:
         return self.z
@@ -553,9 +553,9 @@ class ProjectedDensity(nn.Module):
         C = S @ S.conj().T
         G = C.real + lam * C.abs().square()
         b = (S @ A1.conj()).real + lam * ((S @ A2.conj()) * S.conj()).sum(1).real
-        g = self.group.cpu()
-        P = torch.zeros(len(self.count), q, dtype=torch.float64)
-        P[g, torch.arange(q)] = 1.0 / self.count.cpu()[g]
+        g, cnt = self.group.cpu(), self.count.cpu().double()
+        P = torch.zeros(len(cnt), q, dtype=torch.float64)
+        P[g, torch.arange(q)] = 1.0 / cnt[g]
         Gn, bn = (P @ G @ P.T).numpy(), (P @ b).numpy()
         k = len(bn)
         s = max(float(np.trace(Gn)) / k, 1e-300)
@@ -568,7 +568,7 @@ class ProjectedDensity(nn.Module):
         w, _ = nnls(np.vstack([R, mu * np.ones((1, k))]), np.concatenate([np.linalg.solve(R.T, bn), [mu]]),
                     maxiter=50 * k)
         w = torch.from_numpy(w / w.sum())
-        self.z.copy_((w[g] / self.count.cpu()[g]).to(self.z))
+        self.z.copy_((w[g] / cnt[g]).to(self.z))
         return self.z
 
 
