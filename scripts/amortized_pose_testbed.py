@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Test bed for amortized pose inference from scratch (issue 6): tiny noiseless data, one thread.
+"""Test bed for amortized pose inference from scratch (issue 6): tiny simulated data, one thread.
 
-Simulates ``--images`` projections (uniform rotations) of the built-in pseudo-molecule at ``--n``:
-noiseless, centred and CTF-free unless ``--snr-db``, ``--shift-px`` or ``--ctf`` add the
-differences of the documented-scale dataset one at a time, then trains an :class:`orbitcore.amortized.AmortizedModel`
-from a random encoder, either with the true volume frozen in the voxel decoder
+Simulates ``--images`` projections (uniform rotations) of the built-in pseudo-molecule at
+``--n``: noiseless, centred and CTF-free unless ``--snr-db``, ``--shift-px`` or ``--ctf`` add
+the differences of the documented-scale dataset one at a time. Then trains an
+:class:`orbitcore.amortized.AmortizedModel` from a random encoder, either with the true volume frozen in the voxel decoder
 (``--frozen``: encoder-only, the pose-inference problem alone) or jointly with a random
 volume. Every ``--eval-every`` steps: the median rotation error over all particles after the
 global rotation/handedness alignment of :func:`orbitcore.metrics.pose_errors` (with

@@ -22,7 +22,6 @@ errors (eq. 22) and the aligned FSC / correlation against the cropped truth.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pathlib
 import time
 
@@ -32,6 +31,7 @@ import orbitcore as oc
 from orbitcore.geometry import VonMisesFisherMixture, so3_quadrature
 from orbitcore.io import read_mrc
 from orbitcore.mom import cryoem as ce
+from orbitcore.mom.cryoem_models import FreeDensity
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,7 @@ def main() -> None:
         from orbitcore.mom.cryoem_models import VoxelVolume  # noqa: PLC0415
 
         model.volume = VoxelVolume(a.n, vol / scale, radius=band, dtype=torch.float64)
-        model.density = ce.build_model(mom, dataclasses.replace(cfg, density="free")).density
+        model.density = FreeDensity(model.q).double()  # (the projected density would re-solve it)
         with torch.no_grad():
             model.density.logits.copy_(torch.log(vmf.so3_density(model.rotations)))
         res = ce.MoMResult(model, cfg, mom, scale, float(M1n.norm() / M2n.norm()), {"loss": [0.0]}, 0.0)

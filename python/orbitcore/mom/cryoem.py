@@ -491,9 +491,9 @@ class FitConfig:
     (t+1) angles, exact to degree t), ``inplane_offset`` (radians). Loss: ``lam`` (None:
     ``‖M̂1‖/‖M̂2‖``), ``squared`` (squared norms). Optimiser: ``optimizer`` ``"adam"`` (the
     paper) or ``"lbfgs"`` (full-batch L-BFGS with a strong-Wolfe line search, one iteration per
-    step; ``lr`` and the schedule do not apply), ``steps``, ``lr`` (None: 1e-4 for FourierNet, 1e-2 for voxels),
-    ``encoder_lr`` (None: ``lr``), ``lr_drop`` (factor of the second stage, 0.1),
-    ``drop_fraction`` (where it starts, 0.5). ``seed`` initialises the networks.
+    step; ``lr`` and the schedule do not apply), ``steps``, ``lr`` (None: 1e-4 for FourierNet,
+    1e-2 for voxels), ``encoder_lr`` (None: ``lr``), ``lr_drop`` (factor of the second stage,
+    0.1), ``drop_fraction`` (where it starts, 0.5). ``seed`` initialises the networks.
 
     Why L-BFGS: eq. 28 is a deterministic, smooth, full-batch objective. Adam divides every
     coordinate's step by its own gradient scale, so the weakly determined coefficients (the
