@@ -215,6 +215,20 @@ def test_cli_train_resume_evaluate(tiny, tmp_path, capsys):
     assert main(["amortized", "evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "ev"),
                  "--quiet"]) == 0
     assert (tmp_path / "ev" / "poses.star").is_file()
+    # projection matching from the (barely trained) model: outputs, per-round record, FSC
+    assert main(["amortized", "refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "rf"),
+                 "--rounds", "2", "--step", "30", "--reference", str(d / "vol.mrc"), "--quiet"]) == 0
+    for f in ("poses.star", "volume.mrc", "refine.json", "fsc.png"):
+        assert (tmp_path / "rf" / f).is_file(), f
+    doc = json.loads((tmp_path / "rf" / "refine.json").read_text())
+    assert [r["round"] for r in doc["rounds"]] == [1, 2] and doc["fsc_resolution_05_A"] > 0
+    assert 0 <= doc["rounds"][-1]["rot_median_angle_deg"] <= 180
+    refined = oc.io.read_star(tmp_path / "rf" / "poses.star")
+    assert refined.rotations().shape == (len(oc.io.read_star(d / "p.star")), 3, 3)
+    assert main(["amortized", "refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "rf2"),
+                 "--rounds", "0", "--quiet"]) == 1
+    assert "refine_poses: rounds" in capsys.readouterr().err
+    assert not (tmp_path / "rf2").exists()
     assert main(["amortized", "train", "--out", str(tmp_path / "x"), "--quiet"]) == 1
     assert "--particles is required" in capsys.readouterr().err
 

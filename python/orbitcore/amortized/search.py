@@ -1,0 +1,265 @@
+"""Global pose search against a map: the maximum-likelihood rotation of every image.
+
+What an amortized encoder approximates, computed by brute force: for a map ``v``, images ``I_i``
+with CTFs ``C_i`` and shifts ``t_i`` (pixels, content moves by ``+t``) and white noise,
+
+    R̂_i = argmax_R  ℓ_i(R),   ℓ_i(R) = 2 c_i(R) − q_i(R)                   (known scale)
+                               ℓ_i(R) = max(c_i(R), 0)² / q_i(R)           (scale fitted)
+    c_i(R) = Re⟨C_i S_{t_i}^* Î_i, P̂(R)⟩,   q_i(R) = ⟨C_i², |P̂(R)|²⟩,
+
+the sums over the centred Fourier pixels with ``|k| <= radius`` and ``P̂(R)`` the Fourier slice of
+the map (:class:`orbitcore.physics.Projector`, the simulator's forward model). ``ℓ`` is
+``σ² × (log-likelihood + const)``; with the scale fitted it is invariant to the map's units, so a
+reconstruction can be used as it comes out of a decoder.
+
+First over :func:`orbitcore.metrics.so3_grid` (``step`` degrees: two matrix products over the
+Fourier pixels for every batch of images), then ``refine`` rounds of local search: a stencil of 26
+rotations by ``±step/2`` about 13 axes around each image's best, the step halved every round.
+The final angular resolution is about ``step / 2^(refine+1)``.
+
+Cost: the grid has about ``8π² / step³`` rotations (35 232 at 7.5°); their templates take
+``M × 2K`` numbers of the map's dtype (``K ≈ π radius²`` pixels: 200 MB at 7.5°, ``D = 32``,
+float32). A use in this project: ``scripts/amortized_ml_bound.py`` (the oracle bound of issue 6
+and the search with a decoder's map).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .._validate import check_finite, check_float, check_int, fail, to_tensor
+from ..fourier import fft2c
+from ..geometry import axis_angle_to_matrix
+from ..physics import CTFParams, shift_phases
+from ..physics.projection import Projector
+
+__all__ = ["RefinementResult", "SearchResult", "refine_poses", "search_poses"]
+
+
+@dataclass
+class SearchResult:
+    """``rotations (N, 3, 3)`` float64, the best rotation of every image; ``scores (N,)`` their
+    ``ℓ`` (module docstring); ``grid_size`` rotations in the global pass; ``seconds`` wall time."""
+    rotations: torch.Tensor
+    scores: torch.Tensor
+    grid_size: int
+    seconds: float
+
+
+def _pairs(F: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(..., n, n)`` complex → ``(..., 2K)`` real over the masked pixels: dot products are ``Re⟨a, b⟩``."""
+    z = F[..., mask]
+    return torch.cat([z.real, z.imag], dim=-1)
+
+
+def _loglik(c: torch.Tensor, q: torch.Tensor, fit_scale: bool) -> torch.Tensor:
+    return c.clamp(min=0).pow(2) / q.clamp(min=torch.finfo(q.dtype).tiny) if fit_scale else 2 * c - q
+
+
+def _stencil(step_deg: float, dtype) -> torch.Tensor:
+    """Identity and rotations by ``±step`` about 13 axes (3 coordinate, 6 face, 4 body diagonals): ``(27, 3, 3)``."""
+    axes = torch.tensor([(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, -1, 0), (1, 0, 1), (1, 0, -1), (0, 1, 1),
+                         (0, 1, -1), (1, 1, 1), (1, 1, -1), (1, -1, 1), (-1, 1, 1)], dtype=torch.float64)
+    ang = torch.full((13,), math.radians(step_deg), dtype=torch.float64)
+    R = torch.cat([torch.eye(3, dtype=torch.float64)[None], axis_angle_to_matrix(axes, ang),
+                   axis_angle_to_matrix(axes, -ang)])
+    return R.to(dtype)
+
+
+@torch.no_grad()
+def search_poses(volume, images, *, ctf=None, shifts=None, step: float = 7.5, refine: int = 3,
+                 radius: float | None = None, fit_scale: bool = True, init_rotations=None, batch_size: int = 128,
+                 verbose: bool = False) -> SearchResult:
+    """The maximum-likelihood rotation of every image against ``volume`` (module docstring).
+
+    Args:
+        volume: real ``(D, D, D)`` map indexed ``[z, y, x]`` (ARCHITECTURE.md conventions).
+        images: real ``(N, D, D)`` particle images.
+        ctf: ``None``, a :class:`~orbitcore.physics.CTFParams` with ``N`` entries, or real CTF
+            values ``(N, D, D)`` on the centred grid.
+        shifts: ``None`` or ``(N, 2)`` in-plane shifts in pixels (content moved by ``+t``), taken
+            as known (e.g. an encoder's translation head).
+        step: spacing of the global SO(3) grid in degrees (``0 < step <= 90``).
+        refine: rounds of local refinement (``>= 0``).
+        radius: Fourier radius of the likelihood in pixels (default ``D/2 - 1``).
+        fit_scale: fit the template's scale per image (a map in arbitrary units); ``False``
+            when the map is in the images' units (e.g. the simulator's volume).
+        init_rotations: ``(N, 3, 3)``: local search only, no global grid — the ``refine``
+            rounds start around these rotations with the stencil at ``±step/2``.
+        batch_size: images per batch (memory ``batch_size × grid`` scores).
+        verbose: progress bar.
+
+    Returns:
+        :class:`SearchResult`. The rotations are in the map's frame.
+    """
+    fn = "search_poses"
+    vol, _ = to_tensor(volume, fn, "volume")
+    if vol.dim() != 3 or len(set(vol.shape)) != 1 or vol.is_complex() or not vol.is_floating_point():
+        fail(fn, f"volume must be a real (D, D, D) tensor, got {vol.dtype} {tuple(vol.shape)}")
+    check_finite(fn, "volume", vol)
+    D = vol.shape[-1]
+    img, _ = to_tensor(images, fn, "images")
+    if img.dim() != 3 or tuple(img.shape[1:]) != (D, D) or img.is_complex() or not img.is_floating_point() \
+            or img.shape[0] == 0:
+        fail(fn, f"images must be real (N, {D}, {D}) with N >= 1 (the volume is {D}³), "
+                 f"got {img.dtype} {tuple(img.shape)}")
+    check_finite(fn, "images", img)
+    N = img.shape[0]
+    step = check_float(fn, "step", step, positive=True)
+    if step > 90:
+        fail(fn, f"step must be at most 90 degrees, got {step}")
+    refine = check_int(fn, "refine", refine, minimum=0)
+    batch_size = check_int(fn, "batch_size", batch_size, minimum=1)
+    radius = D / 2 - 1 if radius is None else check_float(fn, "radius", radius, positive=True)
+    dtype = vol.dtype
+    ctype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    if ctf is None:
+        C = None
+    elif isinstance(ctf, CTFParams):
+        if len(ctf) != N:
+            fail(fn, f"ctf must have {N} entries (one per image), got {len(ctf)}")
+        C = ctf.evaluate(D, dtype=torch.float64).to(dtype)
+    else:
+        C, _ = to_tensor(ctf, fn, "ctf")
+        if C.is_complex() or tuple(C.shape) != (N, D, D):
+            fail(fn, f"ctf must be a CTFParams or real values ({N}, {D}, {D}), got {C.dtype} {tuple(C.shape)}")
+        check_finite(fn, "ctf", C)
+        C = C.to(dtype)
+    t = None
+    if shifts is not None:
+        t, _ = to_tensor(shifts, fn, "shifts")
+        if tuple(t.shape) != (N, 2) or t.is_complex():
+            fail(fn, f"shifts must be real ({N}, 2) pixels, got {t.dtype} {tuple(t.shape)}")
+        check_finite(fn, "shifts", t)
+        t = t.to(dtype)
+
+    R0 = None
+    if init_rotations is not None:
+        R0, _ = to_tensor(init_rotations, fn, "init_rotations")
+        if tuple(R0.shape) != (N, 3, 3) or R0.is_complex():
+            fail(fn, f"init_rotations must be real ({N}, 3, 3), got {R0.dtype} {tuple(R0.shape)}")
+        check_finite(fn, "init_rotations", R0)
+        R0 = R0.to(device=vol.device, dtype=dtype)
+
+    t0 = time.perf_counter()
+    from ..metrics import so3_grid  # noqa: PLC0415  (metrics imports physics, not amortized)
+
+    proj = Projector(vol, pad=2, _fn=fn)
+    k = torch.arange(D, dtype=torch.float64) - D // 2
+    mask = ((k[:, None] ** 2 + k[None, :] ** 2).sqrt() <= radius).to(vol.device)
+    grid = so3_grid(step).to(dtype=dtype, device=vol.device) if R0 is None else torch.empty(0, 3, 3, dtype=dtype)
+    P = torch.empty(grid.shape[0], 2 * int(mask.sum()), dtype=dtype, device=vol.device)
+    P2 = torch.empty(grid.shape[0], int(mask.sum()), dtype=dtype, device=vol.device)
+    for s in range(0, grid.shape[0], 4096):
+        T = proj.fourier(grid[s:s + 4096])
+        P[s:s + 4096], P2[s:s + 4096] = _pairs(T, mask), T[..., mask].abs().pow(2)
+    best = torch.empty(N, 3, 3, dtype=torch.float64)
+    score = torch.empty(N, dtype=torch.float64)
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    with tqdm(total=N, unit="img", desc="pose search", disable=not verbose) as bar:
+        for s in range(0, N, batch_size):
+            e = min(N, s + batch_size)
+            F = fft2c(img[s:e].to(device=vol.device, dtype=dtype))
+            if t is not None:
+                F = F * shift_phases(D, -t[s:e].to(vol.device), dtype=ctype, device=vol.device)
+            C2 = torch.ones(e - s, D, D, dtype=dtype, device=vol.device)
+            if C is not None:
+                Cb = C[s:e].to(vol.device)
+                F, C2 = F * Cb, Cb * Cb
+            a, c2 = _pairs(F, mask), C2[:, mask]
+            if R0 is None:
+                sc = _loglik(a @ P.T, c2 @ P2.T, fit_scale)                # (b, M)
+                top = sc.max(1)
+                Rb, sb = grid[top.indices], top.values
+            else:
+                Rb, sb = R0[s:e], None
+            st = step / 2
+            for _ in range(refine):
+                cand = Rb[:, None] @ _stencil(st, dtype).to(vol.device)[None]   # (b, 27, 3, 3)
+                T = proj.fourier(cand.reshape(-1, 3, 3)).reshape(e - s, 27, D, D)
+                sc = _loglik((a[:, None] * _pairs(T, mask)).sum(-1), (c2[:, None] * T[..., mask].abs().pow(2)).sum(-1),
+                             fit_scale)
+                top = sc.max(1)
+                Rb, sb = cand[torch.arange(e - s), top.indices], top.values
+                st /= 2
+            if sb is None:  # local search with refine=0: score the initial rotations
+                T = proj.fourier(Rb)
+                sb = _loglik((a * _pairs(T, mask)).sum(-1), (c2 * T[..., mask].abs().pow(2)).sum(-1), fit_scale)
+            best[s:e], score[s:e] = Rb.double().cpu(), sb.double().cpu()
+            bar.update(e - s)
+    return SearchResult(rotations=best, scores=score, grid_size=int(grid.shape[0]),
+                        seconds=time.perf_counter() - t0)
+
+
+@dataclass
+class RefinementResult:
+    """Result of :func:`refine_poses`: the final ``rotations (N, 3, 3)`` and ``volume (D, D, D)``
+    (the images' units, the input map's frame), and ``history``: one dict per round (``round``,
+    ``mean_score``, ``mean_change_deg``: the mean rotation change from the previous round,
+    ``seconds``)."""
+    rotations: torch.Tensor
+    volume: torch.Tensor
+    history: list
+
+
+def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step: float = 7.5, refine: int = 3,
+                 local_step: float = 4.0, regularization: float = 1.0, radius: float | None = None,
+                 callback=None, verbose: bool = False) -> RefinementResult:
+    """Projection matching from a starting map, e.g. an amortized decoder's: alternate the
+    maximum-likelihood rotations (:func:`search_poses`, scale fitted; a global search in round 1,
+    local searches from the previous rotations after) and the known-pose reconstruction
+    (:func:`orbitcore.physics.backproject`, Wiener constant ``regularization``).
+
+    Args:
+        volume: real ``(D, D, D)`` starting map (any units and frame).
+        images, shifts: as in :func:`search_poses` (the shifts are kept fixed).
+        ctf: ``None`` or a :class:`~orbitcore.physics.CTFParams` with ``N`` entries (the
+            reconstruction needs the parameters, not only the values).
+        rounds: search + reconstruction rounds (``>= 1``).
+        step, refine: the global search of round 1 (:func:`search_poses`).
+        local_step: the stencil of the later rounds starts at ``±local_step/2`` degrees and is
+            halved ``refine`` times.
+        regularization: ``λ`` of :func:`~orbitcore.physics.backproject` (relative to the mean
+            weight; 1.0 was the best of a sweep at 0 and −10 dB in
+            docs/evidence/amortized/README.md).
+        callback: called as ``callback(round, rotations, volume)`` after every round.
+
+    Returns:
+        :class:`RefinementResult`.
+    """
+    fn = "refine_poses"
+    rounds = check_int(fn, "rounds", rounds, minimum=1)
+    local_step = check_float(fn, "local_step", local_step, positive=True)
+    regularization = check_float(fn, "regularization", regularization, minimum=0.0)
+    if callback is not None and not callable(callback):
+        fail(fn, f"callback must be callable, got {type(callback).__name__}", TypeError)
+    if ctf is not None and not isinstance(ctf, CTFParams):
+        fail(fn, f"ctf must be None or a CTFParams (the reconstruction needs the parameters), "
+                 f"got {type(ctf).__name__}", TypeError)
+    from ..physics import backproject  # noqa: PLC0415
+
+    vol, _ = to_tensor(volume, fn, "volume")
+    img, _ = to_tensor(images, fn, "images")
+    R, history = None, []
+    for r in range(1, rounds + 1):
+        t0 = time.perf_counter()
+        res = search_poses(vol, img, ctf=ctf, shifts=shifts, step=step if R is None else local_step, refine=refine,
+                           radius=radius, fit_scale=True, init_rotations=R, verbose=verbose)
+        change = float("nan") if R is None else float(_angle(R, res.rotations).mean())
+        R = res.rotations
+        vol = backproject(img.to(vol.dtype), R.to(vol.dtype), None if shifts is None else torch.as_tensor(shifts).to(vol.dtype),
+                          ctf, regularization=regularization)
+        history.append({"round": r, "mean_score": float(res.scores.mean()), "mean_change_deg": change,
+                        "seconds": time.perf_counter() - t0})
+        if callback is not None:
+            callback(r, R, vol)
+    return RefinementResult(rotations=R, volume=vol, history=history)
+
+
+def _angle(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    tr = torch.einsum("nij,nij->n", A.double(), B.double())
+    return torch.rad2deg(torch.acos(((tr - 1) / 2).clamp(-1, 1)))
