@@ -139,6 +139,7 @@ def test_refine_bad_arguments_are_named(kwargs, match):
     ({"step": 120.0}, "step must be at most 90"),
     ({"step": 0.0}, "step"),
     ({"refine": -1}, "refine"),
+    ({"radius": 7.5}, "radius must be at most D/2 - 1 = 7"),
     ({"images": torch.full((3, D, D), float("nan"))}, "images"),
 ])
 def test_bad_arguments_are_named(kwargs, match):

@@ -7,7 +7,8 @@ with CTFs ``C_i`` and shifts ``t_i`` (pixels, content moves by ``+t``) and white
                                ℓ_i(R) = max(c_i(R), 0)² / q_i(R)           (scale fitted)
     c_i(R) = Re⟨C_i S_{t_i}^* Î_i, P̂(R)⟩,   q_i(R) = ⟨C_i², |P̂(R)|²⟩,
 
-the sums over the centred Fourier pixels with ``|k| <= radius`` and ``P̂(R)`` the Fourier slice of
+the sums over the centred Fourier pixels with ``|k| <= radius`` (half of them: the images are
+Hermitian) and ``P̂(R)`` the Fourier slice of
 the map (:class:`orbitcore.physics.Projector`, the simulator's forward model). ``ℓ`` is
 ``σ² × (log-likelihood + const)``; with the scale fitted it is invariant to the map's units, so a
 reconstruction can be used as it comes out of a decoder.
@@ -18,7 +19,7 @@ rotations by ``±step/2`` about 13 axes around each image's best, the step halve
 The final angular resolution is about ``step / 2^(refine+1)``.
 
 Cost: the grid has about ``8π² / step³`` rotations (35 232 at 7.5°); their templates take
-``M × 2K`` numbers of the map's dtype (``K ≈ π radius²`` pixels: 200 MB at 7.5°, ``D = 32``,
+``M × 2K`` numbers of the map's dtype (``K ≈ π radius² / 2`` pixels: 100 MB at 7.5°, ``D = 32``,
 float32). A use in this project: ``scripts/amortized_ml_bound.py`` (the oracle bound of issue 6
 and the search with a decoder's map).
 """
@@ -84,7 +85,7 @@ def search_poses(volume, images, *, ctf=None, shifts=None, step: float = 7.5, re
             as known (e.g. an encoder's translation head).
         step: spacing of the global SO(3) grid in degrees (``0 < step <= 90``).
         refine: rounds of local refinement (``>= 0``).
-        radius: Fourier radius of the likelihood in pixels (default ``D/2 - 1``).
+        radius: Fourier radius of the likelihood in pixels (``<= D/2 - 1``, the default).
         fit_scale: fit the template's scale per image (a map in arbitrary units); ``False``
             when the map is in the images' units (e.g. the simulator's volume).
         init_rotations: ``(N, 3, 3)``: local search only, no global grid — the ``refine``
@@ -114,6 +115,9 @@ def search_poses(volume, images, *, ctf=None, shifts=None, step: float = 7.5, re
     refine = check_int(fn, "refine", refine, minimum=0)
     batch_size = check_int(fn, "batch_size", batch_size, minimum=1)
     radius = D / 2 - 1 if radius is None else check_float(fn, "radius", radius, positive=True)
+    if radius > D / 2 - 1:
+        fail(fn, f"radius must be at most D/2 - 1 = {D / 2 - 1:g} Fourier pixels (where the images are exactly "
+                 f"Hermitian), got {radius:g}")
     dtype = vol.dtype
     ctype = torch.complex128 if dtype == torch.float64 else torch.complex64
     if ctf is None:
@@ -148,8 +152,13 @@ def search_poses(volume, images, *, ctf=None, shifts=None, step: float = 7.5, re
     from ..metrics import so3_grid  # noqa: PLC0415  (metrics imports physics, not amortized)
 
     proj = Projector(vol, pad=2, _fn=fn)
+    # The images and templates are FTs of real images, Hermitian: the sums over the disk are the
+    # sums over its half (ky > 0, or ky = 0 and kx >= 0) with weight 2 off the origin.
     k = torch.arange(D, dtype=torch.float64) - D // 2
-    mask = ((k[:, None] ** 2 + k[None, :] ** 2).sqrt() <= radius).to(vol.device)
+    ky, kx = k[:, None], k[None, :]
+    mask = (((ky ** 2 + kx ** 2).sqrt() <= radius) & ((ky > 0) | ((ky == 0) & (kx >= 0)))).to(vol.device)
+    w = torch.full((int(mask.sum()),), 2.0, dtype=dtype, device=vol.device)
+    w[0] = 1.0  # the origin: the first masked pixel in row-major order (ky = 0, kx = 0)
     grid = so3_grid(step).to(dtype=dtype, device=vol.device) if R0 is None else torch.empty(0, 3, 3, dtype=dtype)
     P = torch.empty(grid.shape[0], 2 * int(mask.sum()), dtype=dtype, device=vol.device)
     P2 = torch.empty(grid.shape[0], int(mask.sum()), dtype=dtype, device=vol.device)
@@ -170,7 +179,7 @@ def search_poses(volume, images, *, ctf=None, shifts=None, step: float = 7.5, re
             if C is not None:
                 Cb = C[s:e].to(vol.device)
                 F, C2 = F * Cb, Cb * Cb
-            a, c2 = _pairs(F, mask), C2[:, mask]
+            a, c2 = _pairs(F, mask) * torch.cat([w, w]), C2[:, mask] * w
             if R0 is None:
                 sc = _loglik(a @ P.T, c2 @ P2.T, fit_scale)                # (b, M)
                 top = sc.max(1)
