@@ -15,6 +15,8 @@ errors (eq. 22) and the aligned FSC / correlation against the cropped truth.
     PYTHONPATH=python python scripts/mom_cryoem_oracle.py --n 17 --start 1 --radii 8,8,8,8 --iters 1000
     PYTHONPATH=python python scripts/mom_cryoem_oracle.py --n 17 --density projected --start 1 \
         --radii 8,8,8,8 --iters 500 --shrink 1,0.1,0.01,0
+    PYTHONPATH=python python scripts/mom_cryoem_oracle.py --n 17 --density directions --smooth 20 \
+        --start 1 --radii 8,8,8,8 --iters 500
 
 ``--band-limit`` (default ``cube``, the consistent model here; the library's default is
 ``disk``): FitConfig.band_limit. Results of 2026-11-21: docs/evidence/mom_cryoem/oracle_band_limit.txt.
@@ -37,18 +39,29 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 class _DirectionDensity(torch.nn.Module):
-    """z_j = softmax(θ)[d(j)] / (rules per direction): free logits per viewing direction Q_j e_z,
-    uniform over the in-plane angles."""
+    """z_j = (K softmax(θ))[d(j)] / (rules per direction): free logits per viewing direction
+    Q_j e_z, uniform over the in-plane angles. ``smooth_deg > 0``: K is a heat kernel on the
+    sphere, ``K_ab ∝ exp(-angle(d_a, d_b)² / 2h²)`` with columns summing to 1 (so ``K p`` is
+    still a density), a smoothness prior that leaves the density fewer degrees of freedom to
+    absorb the volume's errors; ``0``: K = I."""
 
-    def __init__(self, rotations):
+    def __init__(self, rotations, smooth_deg: float = 0.0):
         super().__init__()
-        d = ce.viewing_groups(rotations)[1].to(rotations.device)
+        dirs, d = ce.viewing_groups(rotations)
+        d = d.to(rotations.device)
         self.register_buffer("group", d)
         self.register_buffer("count", torch.bincount(d).to(rotations.dtype))
         self.logits = torch.nn.Parameter(torch.zeros(len(self.count), dtype=rotations.dtype))
+        if smooth_deg > 0:
+            ang = torch.acos((dirs @ dirs.T).clamp(-1, 1))
+            K = torch.exp(-0.5 * (ang / torch.deg2rad(torch.tensor(smooth_deg, dtype=torch.float64))) ** 2)
+            K = K / K.sum(0, keepdim=True)
+        else:
+            K = torch.eye(len(self.count), dtype=torch.float64)
+        self.register_buffer("K", K.to(rotations.dtype))
 
     def forward(self, M1=None, M2=None):
-        return (torch.softmax(self.logits, 0) / self.count)[self.group]
+        return ((self.K @ torch.softmax(self.logits, 0)) / self.count)[self.group]
 
 
 def main() -> None:
@@ -64,6 +77,8 @@ def main() -> None:
     p.add_argument("--shrink", default="0",
                    help="with --density projected: comma-separated ProjectedDensity shrink factors, one per stage "
                         "of --radii (a continuation from a near-uniform density to the exact one)")
+    p.add_argument("--smooth", type=float, default=0.0,
+                   help="--density directions: heat-kernel smoothing of the direction density, degrees (0: none)")
     p.add_argument("--kappa", default="2,20", help="range of the vMF concentrations (VonMisesFisherMixture.random)")
     p.add_argument("--start", type=int, default=-1, help="-1: the Gaussian blob; k >= 0: a random smooth start, seed k")
     p.add_argument("--start-noise", type=float, default=0.0,
@@ -114,7 +129,7 @@ def main() -> None:
             model.density.logits.copy_(torch.log(vmf.so3_density(model.rotations)))
     elif a.density != "projected":
         if a.density == "directions":
-            model.density = _DirectionDensity(model.rotations)
+            model.density = _DirectionDensity(model.rotations, a.smooth)
         params += list(model.density.parameters())
     if a.truth_only:
         from orbitcore.mom.cryoem_models import VoxelVolume  # noqa: PLC0415

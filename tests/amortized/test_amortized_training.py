@@ -243,6 +243,11 @@ def test_cli_help_is_a_guide(capsys):
     with pytest.raises(SystemExit):
         main(["amortized", "evaluate", "--help"])
     assert "poses.star" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["amortized", "refine", "--help"])
+    text = capsys.readouterr().out
+    for needle in ("--rounds", "--step", "projection matching", "poses.star", "refine.json", "examples:"):
+        assert needle in text
 
 
 def test_history_and_progress(tiny, tmp_path):
