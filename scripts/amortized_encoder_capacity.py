@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import pathlib
 import time
 
 import torch
+from _jsonl import append_jsonl
 
 import orbitcore as oc
 from orbitcore.amortized import AmortizedModel, ModelConfig
@@ -100,12 +99,7 @@ def main():
         opt.step()
     doc = {"tag": args.tag, "args": vars(args), "final": evals[-1], "evals": evals}
     if args.log:
-        p = pathlib.Path(args.log)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "a") as f:
-            f.write(json.dumps(doc) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(args.log, doc)
 
 
 if __name__ == "__main__":

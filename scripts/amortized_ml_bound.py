@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import pathlib
 
 import torch
+from _jsonl import append_jsonl
 
 import orbitcore as oc
 from orbitcore.amortized import search_poses
@@ -82,12 +81,7 @@ def main():
            "grid_rotations": res.grid_size, "seconds": res.seconds}
     print(json.dumps(doc))
     if args.log:
-        p = pathlib.Path(args.log)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "a") as f:
-            f.write(json.dumps(doc) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(args.log, doc)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import pathlib
 import time
 
 import torch
+from _jsonl import append_jsonl
 
 import orbitcore as oc
 from orbitcore.amortized import Trainer, predict_poses, recalibrate_statistics
@@ -128,8 +129,7 @@ def main():
     cb(tr)
     tr.fit(callback=cb, callback_every=args.eval_every)
     doc = {"tag": args.tag, "args": vars(args), "final": evals[-1], "evals": evals, "wall_s": time.time() - t0}
-    with open(args.log, "a") as f:
-        f.write(json.dumps(doc) + "\n")
+    append_jsonl(args.log, doc)
 
 
 if __name__ == "__main__":

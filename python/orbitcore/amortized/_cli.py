@@ -208,6 +208,14 @@ def run_refine(args) -> int:
     return 0
 
 
+def _checkpoint_arguments(p) -> None:
+    """The arguments ``evaluate`` and ``refine`` share: the model, the particles, the output."""
+    p.add_argument("--checkpoint", required=True, metavar="DIR/checkpoint.pt", help="a training checkpoint")
+    p.add_argument("--particles", default=None, help="particle STAR file (default: the one the model was trained on)")
+    p.add_argument("--data-dir", default=None, help="where the image stacks are")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+
+
 def register(sub) -> None:
     p = sub.add_parser("amortized", help="ab-initio reconstruction by amortized pose inference (CryoAI / CryoPoseNet)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -268,11 +276,7 @@ def register(sub) -> None:
 
     e = sp.add_parser("evaluate", help="predict poses with a trained model; export the map; FSC",
                       description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("--checkpoint", required=True, metavar="DIR/checkpoint.pt", help="a training checkpoint")
-    e.add_argument("--particles", default=None,
-                   help="particle STAR file (default: the one the model was trained on)")
-    e.add_argument("--data-dir", default=None, help="where the image stacks are")
-    e.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    _checkpoint_arguments(e)
     e.add_argument("--reference", default=None, metavar="MAP.mrc", help="reference map for the FSC")
     e.add_argument("--no-align", action="store_true", help="compare with the reference without aligning")
     e.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
@@ -282,11 +286,7 @@ def register(sub) -> None:
 
     r = sp.add_parser("refine", help="projection matching from a trained model: ML rotations + reconstruction",
                       description=REFINE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("--checkpoint", required=True, metavar="DIR/checkpoint.pt", help="a training checkpoint")
-    r.add_argument("--particles", default=None,
-                   help="particle STAR file (default: the one the model was trained on)")
-    r.add_argument("--data-dir", default=None, help="where the image stacks are")
-    r.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    _checkpoint_arguments(r)
     r.add_argument("--rounds", type=int, default=3, help="search + reconstruction rounds (default 3)")
     r.add_argument("--step", type=float, default=7.5, help="global SO(3) grid of round 1, degrees (default 7.5)")
     r.add_argument("--local-step", type=float, default=4.0,

@@ -56,6 +56,15 @@ def _pairs(F: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.cat([z.real, z.imag], dim=-1)
 
 
+def _real(fn: str, name: str, x, shape: tuple, dtype, what: str) -> torch.Tensor:
+    """``x`` as a finite real tensor of ``shape`` in ``dtype``, or a clear error."""
+    t, _ = to_tensor(x, fn, name)
+    if t.is_complex() or tuple(t.shape) != shape:
+        fail(fn, f"{name} must be {what} {shape}, got {t.dtype} {tuple(t.shape)}")
+    check_finite(fn, name, t)
+    return t.to(dtype)
+
+
 def _loglik(c: torch.Tensor, q: torch.Tensor, fit_scale: bool) -> torch.Tensor:
     return c.clamp(min=0).pow(2) / q.clamp(min=torch.finfo(q.dtype).tiny) if fit_scale else 2 * c - q
 
@@ -127,26 +136,11 @@ def search_poses(volume, images, *, ctf=None, shifts=None, step: float = 7.5, re
             fail(fn, f"ctf must have {N} entries (one per image), got {len(ctf)}")
         C = ctf.evaluate(D, dtype=torch.float64).to(dtype)
     else:
-        C, _ = to_tensor(ctf, fn, "ctf")
-        if C.is_complex() or tuple(C.shape) != (N, D, D):
-            fail(fn, f"ctf must be a CTFParams or real values ({N}, {D}, {D}), got {C.dtype} {tuple(C.shape)}")
-        check_finite(fn, "ctf", C)
-        C = C.to(dtype)
-    t = None
-    if shifts is not None:
-        t, _ = to_tensor(shifts, fn, "shifts")
-        if tuple(t.shape) != (N, 2) or t.is_complex():
-            fail(fn, f"shifts must be real ({N}, 2) pixels, got {t.dtype} {tuple(t.shape)}")
-        check_finite(fn, "shifts", t)
-        t = t.to(dtype)
-
-    R0 = None
-    if init_rotations is not None:
-        R0, _ = to_tensor(init_rotations, fn, "init_rotations")
-        if tuple(R0.shape) != (N, 3, 3) or R0.is_complex():
-            fail(fn, f"init_rotations must be real ({N}, 3, 3), got {R0.dtype} {tuple(R0.shape)}")
-        check_finite(fn, "init_rotations", R0)
-        R0 = R0.to(device=vol.device, dtype=dtype)
+        C = _real(fn, "ctf", ctf, (N, D, D), dtype, "a CTFParams or real values")
+    t = None if shifts is None else _real(fn, "shifts", shifts, (N, 2), dtype, "real pixels")
+    R0 = None if init_rotations is None else _real(fn, "init_rotations", init_rotations, (N, 3, 3), dtype, "real")
+    if R0 is not None:
+        R0 = R0.to(vol.device)
 
     t0 = time.perf_counter()
     from ..metrics import so3_grid  # noqa: PLC0415  (metrics imports physics, not amortized)
