@@ -353,7 +353,9 @@ def main():
     p.add_argument("--search-step", type=float, default=7.5, help="refine: global SO(3) grid, degrees")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    {"data": stage_data, "tomo": stage_tomo, "train": stage_train, "refine": stage_refine, "report": stage_report}[args.stage](args)
+    stages = {"data": stage_data, "tomo": stage_tomo, "train": stage_train, "refine": stage_refine,
+              "report": stage_report}
+    stages[args.stage](args)
 
 
 from orbitcore.amortized import Trainer, recalibrate_statistics  # noqa: E402

@@ -63,8 +63,9 @@ grid of --step degrees, refined locally; later rounds: local searches from the p
 rotations) and reconstructs the map from the images with those rotations (direct Fourier
 inversion with the CTFs; Wiener constant --regularization). At 0 dB on the documented-scale
 simulation this takes the encoder's 56-60 degree median error to about 8 degrees
-(docs/evidence/amortized/README.md section 4). Cost: the global round is about 25 s per 1000
-particles of 32x32 at 7.5 degrees on one core.
+(docs/evidence/amortized/README.md section 4). Cost: the global round takes about 5 s per 1000
+particles of 32x32 at 7.5 degrees on one thread (benchmarks/RESULTS.md, pose search); all the
+images are held in memory (N x n^2 x 4 bytes).
 
 Writes OUT/poses.star (the refined rotations, the encoder's shifts), OUT/volume.mrc (at the
 model's box) and OUT/refine.json (per round: mean log-likelihood, mean rotation change; the pose
@@ -153,6 +154,13 @@ def run_refine(args) -> int:
     from .search import refine_poses  # noqa: PLC0415
     from .train import _reference_volume, evaluate, load_checkpoint  # noqa: PLC0415
 
+    from .._validate import check_float, check_int  # noqa: PLC0415
+
+    # the refinement's settings are checked before the (slow) evaluation runs
+    check_int("refine_poses", "rounds", args.rounds, minimum=1)
+    check_float("refine_poses", "step", args.step, positive=True)
+    check_float("refine_poses", "local_step", args.local_step, positive=True)
+    check_float("refine_poses", "regularization", args.regularization, minimum=0.0)
     out = pathlib.Path(args.out)
     state = load_checkpoint(args.checkpoint)
     particles = args.particles if args.particles is not None else state["data"]["particles"]

@@ -7,9 +7,9 @@ with CTFs ``C_i`` and shifts ``t_i`` (pixels, content moves by ``+t``) and white
                                ℓ_i(R) = max(c_i(R), 0)² / q_i(R)           (scale fitted)
     c_i(R) = Re⟨C_i S_{t_i}^* Î_i, P̂(R)⟩,   q_i(R) = ⟨C_i², |P̂(R)|²⟩,
 
-the sums over the centred Fourier pixels with ``|k| <= radius`` (half of them: the images are
-Hermitian) and ``P̂(R)`` the Fourier slice of
-the map (:class:`orbitcore.physics.Projector`, the simulator's forward model). ``ℓ`` is
+the sums over the centred Fourier pixels with ``|k| <= radius`` (over half of them, weighted:
+the images are Hermitian) and ``P̂(R)`` the Fourier slice of the map
+(:class:`orbitcore.physics.Projector`, the simulator's forward model). ``ℓ`` is
 ``σ² × (log-likelihood + const)``; with the scale fitted it is invariant to the map's units, so a
 reconstruction can be used as it comes out of a decoder.
 
@@ -19,7 +19,7 @@ rotations by ``±step/2`` about 13 axes around each image's best, the step halve
 The final angular resolution is about ``step / 2^(refine+1)``.
 
 Cost: the grid has about ``8π² / step³`` rotations (35 232 at 7.5°); their templates take
-``M × 2K`` numbers of the map's dtype (``K ≈ π radius² / 2`` pixels: 100 MB at 7.5°, ``D = 32``,
+``M × 3K`` numbers of the map's dtype (``K ≈ π radius² / 2`` pixels: 150 MB at 7.5°, ``D = 32``,
 float32). A use in this project: ``scripts/amortized_ml_bound.py`` (the oracle bound of issue 6
 and the search with a decoder's map).
 """
@@ -243,6 +243,7 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
     if ctf is not None and not isinstance(ctf, CTFParams):
         fail(fn, f"ctf must be None or a CTFParams (the reconstruction needs the parameters), "
                  f"got {type(ctf).__name__}", TypeError)
+    from ..metrics import rotation_angle  # noqa: PLC0415
     from ..physics import backproject  # noqa: PLC0415
 
     vol, _ = to_tensor(volume, fn, "volume")
@@ -252,17 +253,13 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
         t0 = time.perf_counter()
         res = search_poses(vol, img, ctf=ctf, shifts=shifts, step=step if R is None else local_step, refine=refine,
                            radius=radius, fit_scale=True, init_rotations=R, verbose=verbose)
-        change = float("nan") if R is None else float(_angle(R, res.rotations).mean())
+        change = float("nan") if R is None else float(rotation_angle(R, res.rotations).mean())
         R = res.rotations
-        vol = backproject(img.to(vol.dtype), R.to(vol.dtype), None if shifts is None else torch.as_tensor(shifts).to(vol.dtype),
-                          ctf, regularization=regularization)
+        t = None if shifts is None else torch.as_tensor(shifts).to(vol.dtype)
+        vol = backproject(img.to(vol.dtype), R.to(vol.dtype), t, ctf, regularization=regularization)
         history.append({"round": r, "mean_score": float(res.scores.mean()), "mean_change_deg": change,
                         "seconds": time.perf_counter() - t0})
         if callback is not None:
             callback(r, R, vol)
     return RefinementResult(rotations=R, volume=vol, history=history)
 
-
-def _angle(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    tr = torch.einsum("nij,nij->n", A.double(), B.double())
-    return torch.rad2deg(torch.acos(((tr - 1) / 2).clamp(-1, 1)))
