@@ -19,7 +19,9 @@ Stages (run all, or one with ``--stage``; each reads what the earlier ones wrote
   ``--rounds`` rounds of :func:`orbitcore.amortized.refine_poses` (maximum-likelihood rotations
   against the current map, global in round 1, local after; the encoder's shifts kept; the
   known CTFs), each round's pose errors and FSC against the truth recorded. Not amortized:
-  the search the encoder is meant to replace, run once, after it.
+  the search the encoder is meant to replace, run once, after it. ``--refine-start random``:
+  the same from a reconstruction with random poses and the *true* shifts, with
+  ``--global-rounds`` global searches (projection matching without the amortized stage).
 * ``report``: ``summary.json`` and the PNGs (FSC curves, ablation loss/resolution vs step).
 
 Reproduce (what docs/evidence/amortized/ holds)::
@@ -192,17 +194,28 @@ def stage_refine(args) -> dict:
     torch.set_num_threads(args.threads)
     ref = _truth(args.n)
     ckpt = pathlib.Path(args.work) / "ckpt" / args.from_tag / "checkpoint.pt"
-    if not ckpt.exists():
-        raise SystemExit(f"amortized_evidence: no checkpoint {ckpt} (train --tag ... first)")
-    snr = float(args.from_tag.split("snr", 1)[1].split("dB", 1)[0])
+    if args.refine_start == "decoder":
+        if not ckpt.exists():
+            raise SystemExit(f"amortized_evidence: no checkpoint {ckpt} (train --tag ... first)")
+        snr = float(args.from_tag.split("snr", 1)[1].split("dB", 1)[0])
+    else:
+        snr = args.snr_db
     st = ParticleStack(str(_star(args, snr)))
-    ev = evaluate(str(ckpt), verbose=False)
     imgs = st.images(list(range(len(st)))).double()
+    if args.refine_start == "decoder":  # the amortized run's map, poses and shifts
+        ev = evaluate(str(ckpt), verbose=False)
+        R0, t, vol0 = ev.rotations.double(), ev.shifts.double(), ev.volume.double()
+    else:  # the baseline without the amortized stage: random poses, the true shifts (an oracle)
+        R0 = oc.geometry.random_rotations(len(st), generator=torch.Generator().manual_seed(args.seed),
+                                          dtype=torch.float64)
+        t = st.shifts.double()
+        vol0 = oc.physics.backproject(imgs, R0, t, st.ctf, regularization=1.0)
+    name = args.from_tag if args.refine_start == "decoder" else f"random_start_snr{snr:+.0f}dB_seed{args.seed}"
     rounds = []
     t0 = time.time()
 
     def record(r, R, vol):
-        pe = oc.metrics.pose_errors(R, st.rotations, ev.shifts.double(), st.shifts)
+        pe = oc.metrics.pose_errors(R, st.rotations, t, st.shifts)
         al = oc.metrics.align_volumes(ref, vol.double(), mirror=True, refine_size=None, return_aligned=True)
         f = oc.metrics.fsc(ref, al.aligned, args.pixel_size)
         e = {"round": r, "rot_median_angle_deg": pe.rotation_median_angle,
@@ -210,21 +223,23 @@ def stage_refine(args) -> dict:
              "frac_below_10deg": float((pe.per_image_angle < 10).double().mean()), "shift_mse_px2": pe.shift_mse,
              "resolution_05_A": f.resolution_05, "fsc_curve": f.curve.tolist(), "wall_s": time.time() - t0}
         rounds.append(e)
-        print(f"{args.from_tag} round {r}: rot median {e['rot_median_angle_deg']:.1f} deg "
+        print(f"{name} round {r}: rot median {e['rot_median_angle_deg']:.1f} deg "
               f"(frob {e['rot_median_sq_frobenius']:.3f}), res {e['resolution_05_A']:.1f} A [{e['wall_s']:.0f} s]",
               flush=True)
 
-    record(0, ev.rotations.double(), ev.volume.double())
-    res = refine_poses(ev.volume.double(), imgs, ctf=st.ctf, shifts=ev.shifts.double(), rounds=args.rounds,
-                       step=args.search_step, callback=record)
+    record(0, R0, vol0)
+    res = refine_poses(vol0, imgs, ctf=st.ctf, shifts=t, rounds=args.rounds, step=args.search_step,
+                       global_rounds=args.global_rounds, callback=record)
     out = pathlib.Path(args.work) / "refined"
     out.mkdir(parents=True, exist_ok=True)
-    st.table.with_poses(res.rotations, ev.shifts.double()).write(out / f"{args.from_tag}_poses.star")
-    oc.io.write_mrc(out / f"{args.from_tag}_volume.mrc", res.volume.float().numpy(), voxel_size=args.pixel_size)
-    doc = {"tag": args.from_tag, "checkpoint_step": torch.load(ckpt, map_location="cpu", weights_only=False)["step"],
-           "search_step_deg": args.search_step, "rounds": rounds, "history": res.history,
-           "poses": str(out / f"{args.from_tag}_poses.star"), "wall_s": time.time() - t0}
-    _write_json(out / f"{args.from_tag}.json", doc)
+    st.table.with_poses(res.rotations, t).write(out / f"{name}_poses.star")
+    oc.io.write_mrc(out / f"{name}_volume.mrc", res.volume.float().numpy(), voxel_size=args.pixel_size)
+    doc = {"tag": name, "start": args.refine_start, "search_step_deg": args.search_step,
+           "global_rounds": args.global_rounds, "rounds": rounds, "history": res.history,
+           "poses": str(out / f"{name}_poses.star"), "wall_s": time.time() - t0}
+    if args.refine_start == "decoder":
+        doc["checkpoint_step"] = torch.load(ckpt, map_location="cpu", weights_only=False)["step"]
+    _write_json(out / f"{name}.json", doc)
     return doc
 
 
@@ -351,6 +366,10 @@ def main():
     p.add_argument("--from-tag", default="voxel_snr+0dB_sym_seed0_k16_long", help="refine: the trained run")
     p.add_argument("--rounds", type=int, default=3, help="refine: projection-matching rounds")
     p.add_argument("--search-step", type=float, default=7.5, help="refine: global SO(3) grid, degrees")
+    p.add_argument("--global-rounds", type=int, default=1, help="refine: rounds that search globally")
+    p.add_argument("--refine-start", choices=("decoder", "random"), default="decoder",
+                   help="refine: start from the trained run's map, poses and shifts, or (the baseline without the "
+                        "amortized stage) from a reconstruction with random poses and the true shifts")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     stages = {"data": stage_data, "tomo": stage_tomo, "train": stage_train, "refine": stage_refine,

@@ -120,6 +120,7 @@ def test_projection_matching_from_a_blurred_map():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"rounds": 0}, "rounds"),
+    ({"global_rounds": 0}, "global_rounds"),
     ({"local_step": -1.0}, "local_step"),
     ({"callback": 3}, "callback must be callable"),
     ({"ctf": torch.ones(3, D, D)}, "ctf must be None or a CTFParams"),
@@ -149,3 +150,19 @@ def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match) as e:
         search_poses(args.pop("volume"), args.pop("images"), **args)
     assert "search_poses" in str(e.value)
+
+
+@pytest.mark.parametrize("global_rounds, want", [(1, [True, False, False]), (2, [True, True, False])])
+def test_global_rounds_choose_which_rounds_search_globally(data, monkeypatch, global_rounds, want):
+    import orbitcore.amortized.search as search_mod
+
+    seen, real = [], search_mod.search_poses
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["init_rotations"] is None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search_mod, "search_poses", spy)
+    vol, R, t, ctf, imgs = data
+    refine_poses(vol, imgs, ctf=ctf, shifts=t, rounds=3, step=30.0, refine=1, global_rounds=global_rounds)
+    assert seen == want

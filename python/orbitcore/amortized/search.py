@@ -211,10 +211,10 @@ class RefinementResult:
 
 def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step: float = 7.5, refine: int = 3,
                  local_step: float = 4.0, regularization: float = 1.0, radius: float | None = None,
-                 callback=None, verbose: bool = False) -> RefinementResult:
+                 global_rounds: int = 1, callback=None, verbose: bool = False) -> RefinementResult:
     """Projection matching from a starting map, e.g. an amortized decoder's: alternate the
-    maximum-likelihood rotations (:func:`search_poses`, scale fitted; a global search in round 1,
-    local searches from the previous rotations after) and the known-pose reconstruction
+    maximum-likelihood rotations (:func:`search_poses`, scale fitted; global searches in the first
+    ``global_rounds`` rounds, local searches from the previous rotations after) and the known-pose reconstruction
     (:func:`orbitcore.physics.backproject`, Wiener constant ``regularization``).
 
     Args:
@@ -226,6 +226,8 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
         step, refine: the global search of round 1 (:func:`search_poses`).
         local_step: the stencil of the later rounds starts at ``±local_step/2`` degrees and is
             halved ``refine`` times.
+        global_rounds: how many of the first rounds search globally (``1 <= global_rounds``; more
+            than one for a start far from the answer).
         regularization: ``λ`` of :func:`~orbitcore.physics.backproject` (relative to the mean
             weight; 1.0 was the best of a sweep at 0 and −10 dB in
             docs/evidence/amortized/README.md).
@@ -236,6 +238,7 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
     """
     fn = "refine_poses"
     rounds = check_int(fn, "rounds", rounds, minimum=1)
+    global_rounds = check_int(fn, "global_rounds", global_rounds, minimum=1)
     local_step = check_float(fn, "local_step", local_step, positive=True)
     regularization = check_float(fn, "regularization", regularization, minimum=0.0)
     if callback is not None and not callable(callback):
@@ -251,8 +254,9 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
     R, history = None, []
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
-        res = search_poses(vol, img, ctf=ctf, shifts=shifts, step=step if R is None else local_step, refine=refine,
-                           radius=radius, fit_scale=True, init_rotations=R, verbose=verbose)
+        local = r > global_rounds
+        res = search_poses(vol, img, ctf=ctf, shifts=shifts, step=local_step if local else step, refine=refine,
+                           radius=radius, fit_scale=True, init_rotations=R if local else None, verbose=verbose)
         change = float("nan") if R is None else float(rotation_angle(R, res.rotations).mean())
         R = res.rotations
         t = None if shifts is None else torch.as_tensor(shifts).to(vol.dtype)
