@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from .._validate import check_finite, check_float, check_int, fail, to_tensor
-from ..fourier import fft2c
+from ..fourier import fft2c, radial_frequency
 from ..geometry import axis_angle_to_matrix
 from ..physics import CTFParams, shift_phases
 from ..physics.projection import Projector
@@ -67,6 +67,14 @@ def _real(fn: str, name: str, x, shape: tuple, dtype, what: str) -> torch.Tensor
 
 def _loglik(c: torch.Tensor, q: torch.Tensor, fit_scale: bool) -> torch.Tensor:
     return c.clamp(min=0).pow(2) / q.clamp(min=torch.finfo(q.dtype).tiny) if fit_scale else 2 * c - q
+
+
+def _score_each(a: torch.Tensor, c2: torch.Tensor, T: torch.Tensor, mask: torch.Tensor, fit_scale: bool):
+    """``ℓ`` of each image against its own templates: ``a (b, 2K)``, ``c2 (b, K)`` (weighted),
+    ``T (b, ..., n, n)`` → ``(b, ...)``."""
+    extra = (None,) * (T.dim() - 3)
+    A, Q = a[(slice(None),) + extra], c2[(slice(None),) + extra]
+    return _loglik((A * _pairs(T, mask)).sum(-1), (Q * T[..., mask].abs().pow(2)).sum(-1), fit_scale)
 
 
 def _stencil(step_deg: float, dtype) -> torch.Tensor:
@@ -150,7 +158,7 @@ def search_poses(volume, images, *, ctf=None, shifts=None, step: float = 7.5, re
     # sums over its half (ky > 0, or ky = 0 and kx >= 0) with weight 2 off the origin.
     k = torch.arange(D, dtype=torch.float64) - D // 2
     ky, kx = k[:, None], k[None, :]
-    mask = (((ky ** 2 + kx ** 2).sqrt() <= radius) & ((ky > 0) | ((ky == 0) & (kx >= 0)))).to(vol.device)
+    mask = ((radial_frequency(D, 2) <= radius) & ((ky > 0) | ((ky == 0) & (kx >= 0)))).to(vol.device)
     w = torch.full((int(mask.sum()),), 2.0, dtype=dtype, device=vol.device)
     w[0] = 1.0  # the origin: the first masked pixel in row-major order (ky = 0, kx = 0)
     grid = so3_grid(step).to(dtype=dtype, device=vol.device) if R0 is None else torch.empty(0, 3, 3, dtype=dtype)
@@ -159,6 +167,7 @@ def search_poses(volume, images, *, ctf=None, shifts=None, step: float = 7.5, re
     for s in range(0, grid.shape[0], 4096):
         T = proj.fourier(grid[s:s + 4096])
         P[s:s + 4096], P2[s:s + 4096] = _pairs(T, mask), T[..., mask].abs().pow(2)
+    stencils = [_stencil(step / 2 ** (i + 1), dtype).to(vol.device) for i in range(refine)]
     best = torch.empty(N, 3, 3, dtype=torch.float64)
     score = torch.empty(N, dtype=torch.float64)
     from tqdm.auto import tqdm  # noqa: PLC0415
@@ -169,29 +178,25 @@ def search_poses(volume, images, *, ctf=None, shifts=None, step: float = 7.5, re
             F = fft2c(img[s:e].to(device=vol.device, dtype=dtype))
             if t is not None:
                 F = F * shift_phases(D, -t[s:e].to(vol.device), dtype=ctype, device=vol.device)
-            C2 = torch.ones(e - s, D, D, dtype=dtype, device=vol.device)
-            if C is not None:
+            if C is None:
+                c2 = w.expand(e - s, -1)
+            else:
                 Cb = C[s:e].to(vol.device)
-                F, C2 = F * Cb, Cb * Cb
-            a, c2 = _pairs(F, mask) * torch.cat([w, w]), C2[:, mask] * w
+                F, c2 = F * Cb, (Cb * Cb)[:, mask] * w
+            a = _pairs(F, mask) * torch.cat([w, w])
             if R0 is None:
                 sc = _loglik(a @ P.T, c2 @ P2.T, fit_scale)                # (b, M)
                 top = sc.max(1)
                 Rb, sb = grid[top.indices], top.values
             else:
                 Rb, sb = R0[s:e], None
-            st = step / 2
-            for _ in range(refine):
-                cand = Rb[:, None] @ _stencil(st, dtype).to(vol.device)[None]   # (b, 27, 3, 3)
+            for stencil in stencils:
+                cand = Rb[:, None] @ stencil[None]                                  # (b, 27, 3, 3)
                 T = proj.fourier(cand.reshape(-1, 3, 3)).reshape(e - s, 27, D, D)
-                sc = _loglik((a[:, None] * _pairs(T, mask)).sum(-1), (c2[:, None] * T[..., mask].abs().pow(2)).sum(-1),
-                             fit_scale)
-                top = sc.max(1)
+                top = _score_each(a, c2, T, mask, fit_scale).max(1)
                 Rb, sb = cand[torch.arange(e - s), top.indices], top.values
-                st /= 2
             if sb is None:  # local search with refine=0: score the initial rotations
-                T = proj.fourier(Rb)
-                sb = _loglik((a * _pairs(T, mask)).sum(-1), (c2 * T[..., mask].abs().pow(2)).sum(-1), fit_scale)
+                sb = _score_each(a, c2, proj.fourier(Rb), mask, fit_scale)
             best[s:e], score[s:e] = Rb.double().cpu(), sb.double().cpu()
             bar.update(e - s)
     return SearchResult(rotations=best, scores=score, grid_size=int(grid.shape[0]),
@@ -214,8 +219,8 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
                  global_rounds: int = 1, callback=None, verbose: bool = False) -> RefinementResult:
     """Projection matching from a starting map, e.g. an amortized decoder's: alternate the
     maximum-likelihood rotations (:func:`search_poses`, scale fitted; global searches in the first
-    ``global_rounds`` rounds, local searches from the previous rotations after) and the known-pose reconstruction
-    (:func:`orbitcore.physics.backproject`, Wiener constant ``regularization``).
+    ``global_rounds`` rounds, local searches from the previous rotations after) and the known-pose
+    reconstruction (:func:`orbitcore.physics.backproject`, Wiener constant ``regularization``).
 
     Args:
         volume: real ``(D, D, D)`` starting map (any units and frame).
@@ -251,16 +256,17 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
 
     vol, _ = to_tensor(volume, fn, "volume")
     img, _ = to_tensor(images, fn, "images")
+    img = img.to(vol.dtype)
+    t = None if shifts is None else torch.as_tensor(shifts).to(vol.dtype)
     R, history = None, []
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
         local = r > global_rounds
-        res = search_poses(vol, img, ctf=ctf, shifts=shifts, step=local_step if local else step, refine=refine,
+        res = search_poses(vol, img, ctf=ctf, shifts=t, step=local_step if local else step, refine=refine,
                            radius=radius, fit_scale=True, init_rotations=R if local else None, verbose=verbose)
         change = float("nan") if R is None else float(rotation_angle(R, res.rotations).mean())
         R = res.rotations
-        t = None if shifts is None else torch.as_tensor(shifts).to(vol.dtype)
-        vol = backproject(img.to(vol.dtype), R.to(vol.dtype), t, ctf, regularization=regularization)
+        vol = backproject(img, R.to(vol.dtype), t, ctf, regularization=regularization)
         history.append({"round": r, "mean_score": float(res.scores.mean()), "mean_change_deg": change,
                         "seconds": time.perf_counter() - t0})
         if callback is not None:
