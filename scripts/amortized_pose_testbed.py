@@ -70,6 +70,8 @@ def main():
     ap.add_argument("--filters", type=int, default=3)
     ap.add_argument("--rotation", default="s2s2")
     ap.add_argument("--decoder", default="voxel")
+    ap.add_argument("--w0", type=float, default=30.0, help="FourierNet SIREN frequency ω₀")
+    ap.add_argument("--fourier-hidden", type=int, default=64, help="FourierNet SIREN width")
     ap.add_argument("--heads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=100)
@@ -80,7 +82,8 @@ def main():
     mc = {"decoder": args.decoder, "shifts": "predict" if args.shift_px else "none", "symmetric": args.loss == "sym",
           "whiten_rotation": bool(args.whiten),
           "channels": tuple(args.channels), "hidden": tuple(args.hidden), "filters": args.filters,
-          "rotation": args.rotation, "pose_heads": args.heads, "seed": args.seed, "fourier_hidden": 64}
+          "rotation": args.rotation, "pose_heads": args.heads, "seed": args.seed,
+          "fourier_hidden": args.fourier_hidden, "w0": args.w0}
     tc = {"steps": args.steps, "batch_size": args.batch, "num_workers": 0, "use_ctf": args.ctf, "lr": args.lr,
           "decoder_lr": args.decoder_lr, "checkpoint_every": 0, "log_every": 10, "seed": args.seed,
           "radius_start": args.radius_start, "radius_hold": args.hold, "radius_ramp": args.ramp}

@@ -33,7 +33,15 @@ class GaussianFilterBank(nn.Module):
 
     Standard deviations (pixels) are spaced geometrically in ``[sigma_min, sigma_max]``; the
     paper's "5 filters of size 11 with cutoffs between 0.1 and 10" is read as those σ. A filter
-    with σ ≪ 1 is the identity.
+    with σ ≪ 1 is the identity. Borders are reflected (replicated when the image is smaller than
+    the half-width).
+
+    Each 2-D kernel is the outer product ``g gᵀ`` of a 1-D Gaussian, and reflecting the border
+    acts on each axis alone, so the filtered image is ``G_f X G_fᵀ`` with ``G_f`` the ``n × n``
+    matrix of "reflect, then correlate with ``g_f``" along one axis. That is two small matrix
+    products per filter instead of an ``size × size`` convolution: the same values (``weight``
+    holds the 2-D kernels, and :meth:`dense` is the direct convolution with them), several times
+    faster on a CPU, where the direct convolution took most of the encoder's forward pass.
     """
 
     def __init__(self, n_filters: int = 5, size: int = 11, sigma_min: float = 0.1, sigma_max: float = 10.0):
@@ -48,10 +56,36 @@ class GaussianFilterBank(nn.Module):
         g = g / g.sum(-1, keepdim=True)
         k2 = g[:, :, None] * g[:, None, :]
         self.register_buffer("weight", k2[:, None].to(torch.float32))
+        self.register_buffer("g", g, persistent=False)  # (F, size) float64, the 1-D factors
         self.pad = size // 2
+        self._axis_cache: dict = {}
+
+    def _mode(self, n: int) -> str:
+        return "reflect" if n > self.pad else "replicate"
+
+    def axis_operators(self, n: int, dtype=torch.float32, device=None) -> torch.Tensor:
+        """``(F, n, n)``: row ``i`` of ``G_f`` holds the weights of the inputs of output ``i``."""
+        device = self.g.device if device is None else device
+        key = (n, dtype, str(device))
+        G = self._axis_cache.get(key)
+        if G is None:
+            g = self.g.to(torch.float64)
+            eye = torch.eye(n, dtype=torch.float64, device=g.device)[:, None]  # n unit signals
+            padded = nn.functional.pad(eye, (self.pad, self.pad), mode=self._mode(n))
+            cols = nn.functional.conv1d(padded, g[:, None])  # (n inputs, F, n outputs)
+            G = cols.permute(1, 2, 0).to(dtype=dtype, device=device).contiguous()
+            self._axis_cache[key] = G
+        return G
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.pad(x, (self.pad,) * 4, mode="reflect" if x.shape[-1] > self.pad else "replicate")
+        if x.dim() != 4 or x.shape[1] != 1 or x.shape[-1] != x.shape[-2]:
+            fail("GaussianFilterBank", f"x must have shape (B, 1, n, n), got {tuple(x.shape)}")
+        G = self.axis_operators(x.shape[-1], x.dtype, x.device)
+        return torch.matmul(torch.matmul(G, x), G.transpose(1, 2))  # G_f X G_fᵀ, (B, F, n, n)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The same filters as a direct 2-D convolution with ``weight`` (reference and baseline)."""
+        x = nn.functional.pad(x, (self.pad,) * 4, mode=self._mode(x.shape[-1]))
         return nn.functional.conv2d(x, self.weight.to(x.dtype))
 
 
@@ -204,6 +238,9 @@ class PoseEncoder(nn.Module):
         x = images[:, None]
         if self.filters is not None:
             x = self.filters(x)
+        # channels-last activations: oneDNN's convolutions, batch norm and pooling are faster in
+        # NHWC on a CPU (about 1.3x on this encoder's forward + backward); same values
+        x = x.contiguous(memory_format=torch.channels_last)
         return self.features(x).flatten(1)
 
     def rotation_from_head(self, h: torch.Tensor) -> torch.Tensor:
@@ -216,7 +253,10 @@ class PoseEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotations ``(B, 3, 3)`` (``(B, heads, 3, 3)`` with several heads), shifts ``(B, 2)``."""
-        f = self.embed(images)
+        return self.poses_from_features(self.embed(images))
+
+    def poses_from_features(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two heads on the flattened features ``(B, d)`` of :meth:`embed`."""
         h = self.rotation_head(f)
         B = h.shape[0]
         R = self.rotation_from_head(h.reshape(B * self.heads, -1))
