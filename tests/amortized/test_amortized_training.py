@@ -74,6 +74,22 @@ def test_epoch_order_depends_on_seed_and_epoch_only(tiny):
     assert torch.equal(tr2.sampler.order(1), o1)
 
 
+def test_default_decoder_learning_rates(tiny):
+    # voxel: 0.16 / n; FourierNet: 1e-4 whatever the encoder's rate; an explicit value wins
+    d, _ = tiny
+    from orbitcore.amortized.train import FOURIERNET_LR
+
+    def rates(model, **tc):
+        tr = Trainer(d / "p.star", {**SMALL, **model}, {"batch_size": 8, "num_workers": 0, **tc}, verbose=False)
+        return {g["name"]: g["lr"] for g in tr.optimizer.param_groups}
+
+    assert rates({}, lr=1e-3) == {"encoder": 1e-3, "decoder": pytest.approx(0.16 / 16)}
+    assert rates({"decoder": "fouriernet", "fourier_hidden": 8}, lr=1e-3) == {"encoder": 1e-3,
+                                                                              "decoder": FOURIERNET_LR}
+    assert FOURIERNET_LR == 1e-4
+    assert rates({"decoder": "fouriernet", "fourier_hidden": 8}, lr=1e-3, decoder_lr=3e-4)["decoder"] == 3e-4
+
+
 def test_checkpoint_written_on_interrupt(tiny, tmp_path):
     d, _ = tiny
     tr = Trainer(d / "p.star", SMALL, {"steps": 50, "batch_size": 8, "num_workers": 0, "checkpoint_every": 0,

@@ -269,7 +269,7 @@ def register(sub) -> None:
     o.add_argument("--batch-size", type=int, default=64, help="images per minibatch (default 64)")
     o.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate (Adam; default 1e-4)")
     o.add_argument("--decoder-lr", type=float, default=None,
-                   help="decoder learning rate (default 0.16/n for the voxel map, --lr for FourierNet)")
+                   help="decoder learning rate (default 0.16/n for the voxel map, 1e-4 for FourierNet)")
     o.add_argument("--radius-start", type=float, default=None,
                    help="frequency curriculum: loss disk radius (Fourier px) at the start (default: full radius)")
     o.add_argument("--radius-hold", type=int, default=0, help="steps at --radius-start before it grows (default 0)")

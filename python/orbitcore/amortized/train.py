@@ -45,6 +45,9 @@ __all__ = ["TrainConfig", "Trainer", "loss_radius", "recalibrate_statistics", "E
 CHECKPOINT_FORMAT = "orbitcore-amortized-checkpoint-1"
 
 
+FOURIERNET_LR = 1e-4  # the FourierNet decoder's default Adam rate (TrainConfig.decoder_lr)
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings (saved in checkpoints).
@@ -53,10 +56,13 @@ class TrainConfig:
         steps: total number of optimisation steps (minibatches) of the run.
         batch_size: images per minibatch (CryoAI: 128 at L = 64, 32 at L = 128).
         lr: Adam learning rate of the encoder (CryoAI: 1e-4; CryoPoseNet: 5e-4).
-        decoder_lr: Adam learning rate of the decoder. Default: ``lr`` for FourierNet; for the
-            voxel volume ``0.16 / n``: Adam moves each voxel by about the learning rate per step,
-            and the voxels of a molecule seen in RMS-normalised ``n × n`` images (each pixel a
-            sum over ~``n / 2`` voxels) are of order ``2 / n``, reached in ~100 steps.
+        decoder_lr: Adam learning rate of the decoder. Default: ``1e-4`` for FourierNet
+            (CryoAI's rate for the SIRENs, whatever ``lr`` is: with the encoder at ``1e-3``, a
+            decoder at ``1e-3`` left the test bed's poses at 70–120° after 6000–8000 steps, at
+            ``1e-4`` they reach 18° in 2000; docs/evidence/amortized §3); for the voxel volume
+            ``0.16 / n``: Adam moves each voxel by about the learning rate per step, and the
+            voxels of a molecule seen in RMS-normalised ``n × n`` images (each pixel a sum over
+            ~``n / 2`` voxels) are of order ``2 / n``, reached in ~100 steps.
         clip: gradient-norm clipping threshold (None: no clipping).
         num_workers: DataLoader worker processes (0: read in the main process).
         checkpoint_every: steps between checkpoints (0: only at the end / on interrupt).
@@ -255,7 +261,7 @@ class Trainer:
         self.out_dir = pathlib.Path(out_dir) if out_dir is not None else None
         dec_lr = self.config.decoder_lr
         if dec_lr is None:
-            dec_lr = 0.16 / mc.n if mc.decoder == "voxel" else self.config.lr
+            dec_lr = 0.16 / mc.n if mc.decoder == "voxel" else FOURIERNET_LR
         self.optimizer = torch.optim.Adam([
             {"params": list(self.model.encoder_parameters()), "lr": self.config.lr, "name": "encoder"},
             {"params": list(self.model.decoder_parameters()), "lr": dec_lr, "name": "decoder"},
