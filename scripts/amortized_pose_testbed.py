@@ -15,6 +15,11 @@ Example (frequency curriculum: radius 3 px for 200 steps, then linearly to full 
 
     PYTHONPATH=python python scripts/amortized_pose_testbed.py --frozen --steps 1000 \\
         --radius-start 3 --hold 200 --ramp 600
+
+The recipe (16 whitened rotation heads) with the FourierNet decoder::
+
+    PYTHONPATH=python python scripts/amortized_pose_testbed.py --heads 16 --steps 6000 \
+        --eval-every 1000 --decoder fouriernet --decoder-lr 1e-4
 """
 from __future__ import annotations
 
@@ -59,7 +64,8 @@ def main():
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--decoder-lr", type=float, default=None)
+    ap.add_argument("--decoder-lr", type=float, default=None,
+                    help="decoder learning rate (default: the library's, 0.16/n for voxels, 1e-4 for FourierNet)")
     ap.add_argument("--radius-start", type=float, default=None)
     ap.add_argument("--hold", type=int, default=0)
     ap.add_argument("--ramp", type=int, default=0)
