@@ -18,7 +18,7 @@ Example (frequency curriculum: radius 3 px for 200 steps, then linearly to full 
 
 The recipe (16 whitened rotation heads) with the FourierNet decoder::
 
-    PYTHONPATH=python python scripts/amortized_pose_testbed.py --heads 16 --steps 6000 \
+    PYTHONPATH=python python scripts/amortized_pose_testbed.py --heads 16 --steps 6000 \\
         --eval-every 1000 --decoder fouriernet --decoder-lr 1e-4
 """
 from __future__ import annotations

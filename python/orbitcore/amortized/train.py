@@ -58,8 +58,8 @@ class TrainConfig:
         lr: Adam learning rate of the encoder (CryoAI: 1e-4; CryoPoseNet: 5e-4).
         decoder_lr: Adam learning rate of the decoder. Default: ``1e-4`` for FourierNet
             (CryoAI's rate for the SIRENs, whatever ``lr`` is: with the encoder at ``1e-3``, a
-            decoder at ``1e-3`` left the test bed's poses at 70–120° after 6000–8000 steps, at
-            ``1e-4`` they reach 18° in 2000; docs/evidence/amortized §3); for the voxel volume
+            decoder at ``1e-3`` left the test bed's poses at 80–96° after 6000–8000 steps, at
+            ``1e-4`` they reach 7–8° in 6000; docs/evidence/amortized §3); for the voxel volume
             ``0.16 / n``: Adam moves each voxel by about the learning rate per step, and the
             voxels of a molecule seen in RMS-normalised ``n × n`` images (each pixel a sum over
             ~``n / 2`` voxels) are of order ``2 / n``, reached in ~100 steps.
