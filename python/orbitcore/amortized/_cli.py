@@ -151,16 +151,11 @@ def run_evaluate(args) -> int:
 def run_refine(args) -> int:
     from ..io import ParticleStack, write_mrc  # noqa: PLC0415
     from ..io.mrc import atomic_path  # noqa: PLC0415
-    from .search import refine_poses  # noqa: PLC0415
+    from .search import check_refine_settings, refine_poses  # noqa: PLC0415
     from .train import _reference_volume, evaluate, load_checkpoint  # noqa: PLC0415
 
-    from .._validate import check_float, check_int  # noqa: PLC0415
-
     # the refinement's settings are checked before the (slow) evaluation runs
-    check_int("refine_poses", "rounds", args.rounds, minimum=1)
-    check_float("refine_poses", "step", args.step, positive=True)
-    check_float("refine_poses", "local_step", args.local_step, positive=True)
-    check_float("refine_poses", "regularization", args.regularization, minimum=0.0)
+    check_refine_settings(args.rounds, args.step, args.local_step, args.regularization)
     out = pathlib.Path(args.out)
     state = load_checkpoint(args.checkpoint)
     particles = args.particles if args.particles is not None else state["data"]["particles"]

@@ -214,6 +214,16 @@ class RefinementResult:
     history: list
 
 
+def check_refine_settings(rounds, step, local_step, regularization, global_rounds=1) -> tuple:
+    """:func:`refine_poses`' scalar settings, checked (errors name ``refine_poses``) and
+    normalised; the command line calls it before its slow evaluation."""
+    fn = "refine_poses"
+    return (check_int(fn, "rounds", rounds, minimum=1), check_float(fn, "step", step, positive=True),
+            check_float(fn, "local_step", local_step, positive=True),
+            check_float(fn, "regularization", regularization, minimum=0.0),
+            check_int(fn, "global_rounds", global_rounds, minimum=1))
+
+
 def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step: float = 7.5, refine: int = 3,
                  local_step: float = 4.0, regularization: float = 1.0, radius: float | None = None,
                  global_rounds: int = 1, callback=None, verbose: bool = False) -> RefinementResult:
@@ -242,10 +252,8 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
         :class:`RefinementResult`.
     """
     fn = "refine_poses"
-    rounds = check_int(fn, "rounds", rounds, minimum=1)
-    global_rounds = check_int(fn, "global_rounds", global_rounds, minimum=1)
-    local_step = check_float(fn, "local_step", local_step, positive=True)
-    regularization = check_float(fn, "regularization", regularization, minimum=0.0)
+    rounds, step, local_step, regularization, global_rounds = check_refine_settings(
+        rounds, step, local_step, regularization, global_rounds)
     if callback is not None and not callable(callback):
         fail(fn, f"callback must be callable, got {type(callback).__name__}", TypeError)
     if ctf is not None and not isinstance(ctf, CTFParams):
