@@ -6,7 +6,7 @@ with the exact π rotation), the same CTF and shift phases, written the way the 
 implementations write them:
 
 * encoder: the fixed Gaussian filter bank as a direct 11 × 11 ``conv2d``, then the CNN in the
-  default NCHW layout;
+  default NCHW layout, one layer after the other (``BatchNorm2d`` then ``ReLU``);
 * voxel: the 2×-padded, gridding-corrected centred FT of the volume with ``fft3c`` of the
   zero-padded array (``fftshift``/``ifftshift`` + ``fftn``), sliced with
   ``torch.nn.functional.grid_sample`` (trilinear on the [Re, Im] channels) over the full
@@ -15,7 +15,8 @@ implementations write them:
   of eq. 7 applied point by point), then masked.
 
 orbitcore: the filter bank as two small matrix products per filter (``G X Gᵀ``, the Gaussian
-is separable) and the CNN on channels-last activations (``PoseEncoder``); ``fft3c_padded``
+is separable), the CNN on channels-last activations with each BatchNorm → ReLU pair fused into
+one kernel (``orbitcore.ops.norm.batch_norm_relu``) (``PoseEncoder``); ``fft3c_padded``
 (pruned real FFTs) and ``fourier_slice`` with the Hermitian half-plane and the disk (voxel);
 ``FourierNet.slice`` on the half-disk only (fouriernet).
 
@@ -99,7 +100,9 @@ class BaselineModel(torch.nn.Module):
         x = x[:, None]
         if enc.filters is not None:
             x = enc.filters.dense(x)
-        return enc.poses_from_features(enc.features(x).flatten(1))
+        for block in enc.features:  # Conv, BatchNorm2d, ReLU, ... one layer after the other
+            x = block.forward_unfused(x)
+        return enc.poses_from_features(x.flatten(1))
 
     def forward(self, images: torch.Tensor, ctf: torch.Tensor):
         B = images.shape[0]

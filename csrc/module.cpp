@@ -16,6 +16,7 @@ void bind_slice(py::module_& m);
 void bind_moments(py::module_& m);
 void bind_pswf(py::module_& m);
 void bind_em(py::module_& m);
+void bind_norm(py::module_& m);
 }  // namespace binding
 }  // namespace orbitcore
 
@@ -39,4 +40,5 @@ PYBIND11_MODULE(_C, m) {
   bind_moments(m);
   bind_pswf(m);
   bind_em(m);
+  bind_norm(m);
 }

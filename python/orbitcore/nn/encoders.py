@@ -22,7 +22,9 @@ import math
 import torch
 from torch import nn
 
+from .. import _ext
 from .._validate import check_int, fail
+from ..ops.norm import batch_norm_relu
 from ..geometry import quaternion_to_matrix, relion_euler_to_matrix, s2s2_to_matrix
 
 ROTATION_HEADS = {"s2s2": 6, "quaternion": 4, "euler": 3}
@@ -160,7 +162,34 @@ class BatchWhitening(nn.Module):
         return y.permute(2, 0, 1).reshape(x.shape[0], self.d)
 
 
+def _fused_norm_runs_on(x: torch.Tensor) -> bool:
+    """Whether orbitcore's fused batch-norm + ReLU kernel takes ``x`` (dtype and device)."""
+    if x.dtype not in (torch.float32, torch.float64):
+        return False
+    return x.device.type == "cpu" or (x.device.type == "cuda" and _ext.built_with_cuda())
+
+
+def _batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``relu(bn(x))`` for a BatchNorm2d in training mode, through the fused kernel; running
+    statistics and ``num_batches_tracked`` are updated as ``nn.BatchNorm2d`` updates them."""
+    momentum = bn.momentum
+    if bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        if momentum is None:  # cumulative moving average
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    return batch_norm_relu(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, True,
+                           0.0 if momentum is None else momentum, bn.eps)
+
+
 class DoubleConv(nn.Sequential):
+    """Conv 3×3 → BatchNorm → ReLU → Conv 3×3 → BatchNorm → ReLU → MaxPool 2×2.
+
+    In training mode each BatchNorm → ReLU pair runs as one fused kernel
+    (:func:`orbitcore.ops.norm.batch_norm_relu`: the same function and running-statistics
+    updates, fewer passes over the activations). :meth:`forward_unfused` is the layer-by-layer
+    ``nn.Sequential`` evaluation (reference and benchmark baseline); evaluation mode uses it too.
+    """
+
     def __init__(self, c_in: int, c_out: int, batch_norm: bool = True):
         layers = [nn.Conv2d(c_in, c_out, 3, padding=1)]
         if batch_norm:
@@ -170,6 +199,18 @@ class DoubleConv(nn.Sequential):
             layers.append(nn.BatchNorm2d(c_out))
         layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         super().__init__(*layers)
+        self.batch_norm = batch_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.batch_norm and _fused_norm_runs_on(x)):
+            return self.forward_unfused(x)
+        conv1, bn1, _, conv2, bn2, _, pool = self
+        x = _batch_norm_relu(bn1, conv1(x))
+        x = _batch_norm_relu(bn2, conv2(x))
+        return pool(x)
+
+    def forward_unfused(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
 
 
 def _mlp(d_in: int, hidden: tuple[int, ...], d_out: int) -> nn.Sequential:

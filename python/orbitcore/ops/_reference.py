@@ -277,3 +277,18 @@ def em_estep_reference(patches: torch.Tensor, projections: torch.Tensor, sigma: 
             back = em_patch_model_adjoint(patches, l0, l1)  # (P, L, L)
             H += torch.einsum("pk,pij->kij", post[:, l0, l1, :], back)
     return {"log_evidence": lse, "posterior": post, "shift_weights": post.sum(0), "backprojection": H}
+
+
+def batch_norm_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float):
+    """Training-mode batch normalisation then ReLU, from the definition in float64.
+
+    ``x (N, C, ...)``; statistics over every axis but 1. Returns ``(y, mean, biased var)``.
+    """
+    x = x.to(torch.float64)
+    dims = [d for d in range(x.dim()) if d != 1]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    mean = x.mean(dims)
+    var = (x - mean.view(shape)).square().mean(dims)
+    xhat = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + eps)
+    y = torch.relu(weight.to(torch.float64).view(shape) * xhat + bias.to(torch.float64).view(shape))
+    return y, mean, var
