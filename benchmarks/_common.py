@@ -82,6 +82,28 @@ def timeit(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1, device
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times)}
 
 
+def timeit_pair(baseline: Callable[[], object], ours: Callable[[], object], *, repeat: int = 7, warmup: int = 1,
+                device="cpu") -> dict:
+    """Both functions timed alternately (baseline, ours, baseline, ...), so that a slow spell of a
+    shared machine hits both sides alike. Returns each side's median and the median of the
+    per-pair ratios ``baseline / ours`` (the speed-up to quote)."""
+    for _ in range(warmup):
+        baseline()
+        ours()
+    sync(device)
+    tb, to = [], []
+    for _ in range(repeat):
+        for fn, out in ((baseline, tb), (ours, to)):
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            out.append(time.perf_counter() - t0)
+    ratios = [b / o for b, o in zip(tb, to)]
+    return {"baseline": {"median_s": statistics.median(tb), "min_s": min(tb), "repeats": repeat},
+            "ours": {"median_s": statistics.median(to), "min_s": min(to), "repeats": repeat},
+            "speedup": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios)}
+
+
 def peak_rss_of(code: str, setup: str = "", env: dict | None = None) -> int:
     """Peak resident-memory growth (bytes) while a fresh Python process runs ``code``.
 

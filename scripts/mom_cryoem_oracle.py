@@ -17,6 +17,8 @@ errors (eq. 22) and the aligned FSC / correlation against the cropped truth.
         --radii 8,8,8,8 --iters 500 --shrink 1,0.1,0.01,0
     PYTHONPATH=python python scripts/mom_cryoem_oracle.py --n 17 --density directions --smooth 20 \
         --start 1 --radii 8,8,8,8 --iters 500
+    PYTHONPATH=python python scripts/mom_cryoem_oracle.py --n 17 --density directions \
+        --smooth 90,60,35,20,0 --start 1 --radii 8,8,8,8,8 --iters 1000     # annealed smoothing
 
 ``--band-limit`` (default ``cube``, the consistent model here; the library's default is
 ``disk``): FitConfig.band_limit. Results of 2026-11-21: docs/evidence/mom_cryoem/oracle_band_limit.txt.
@@ -52,13 +54,18 @@ class _DirectionDensity(torch.nn.Module):
         self.register_buffer("group", d)
         self.register_buffer("count", torch.bincount(d).to(rotations.dtype))
         self.logits = torch.nn.Parameter(torch.zeros(len(self.count), dtype=rotations.dtype))
+        self.register_buffer("angles", torch.acos((dirs @ dirs.T).clamp(-1, 1)).to(torch.float64))
+        self.register_buffer("K", torch.eye(len(self.count), dtype=rotations.dtype))
+        self.set_smoothing(smooth_deg)
+
+    def set_smoothing(self, smooth_deg: float) -> None:
+        """A new kernel bandwidth (degrees; 0: none), keeping the logits (annealing stages)."""
         if smooth_deg > 0:
-            ang = torch.acos((dirs @ dirs.T).clamp(-1, 1))
-            K = torch.exp(-0.5 * (ang / torch.deg2rad(torch.tensor(smooth_deg, dtype=torch.float64))) ** 2)
+            K = torch.exp(-0.5 * (self.angles / torch.deg2rad(torch.tensor(smooth_deg, dtype=torch.float64))) ** 2)
             K = K / K.sum(0, keepdim=True)
         else:
             K = torch.eye(len(self.count), dtype=torch.float64)
-        self.register_buffer("K", K.to(rotations.dtype))
+        self.K.copy_(K.to(self.K.dtype))
 
     def forward(self, M1=None, M2=None):
         return ((self.K @ torch.softmax(self.logits, 0)) / self.count)[self.group]
@@ -77,8 +84,9 @@ def main() -> None:
     p.add_argument("--shrink", default="0",
                    help="with --density projected: comma-separated ProjectedDensity shrink factors, one per stage "
                         "of --radii (a continuation from a near-uniform density to the exact one)")
-    p.add_argument("--smooth", type=float, default=0.0,
-                   help="--density directions: heat-kernel smoothing of the direction density, degrees (0: none)")
+    p.add_argument("--smooth", default="0",
+                   help="--density directions: heat-kernel smoothing of the direction density, degrees (0: none); "
+                        "comma-separated: one per stage (annealing; the last repeats)")
     p.add_argument("--kappa", default="2,20", help="range of the vMF concentrations (VonMisesFisherMixture.random)")
     p.add_argument("--start", type=int, default=-1, help="-1: the Gaussian blob; k >= 0: a random smooth start, seed k")
     p.add_argument("--start-noise", type=float, default=0.0,
@@ -91,6 +99,7 @@ def main() -> None:
                    help="print the moment errors of the model set to the truth (oracle density) and exit")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
+    smooths = [float(x) for x in a.smooth.split(",")]
     torch.set_num_threads(a.threads)
     data, _ = read_mrc(a.map)
     vol = oc.fourier.downsample(torch.from_numpy(data).double(), a.n, 3)
@@ -129,7 +138,7 @@ def main() -> None:
             model.density.logits.copy_(torch.log(vmf.so3_density(model.rotations)))
     elif a.density != "projected":
         if a.density == "directions":
-            model.density = _DirectionDensity(model.rotations, a.smooth)
+            model.density = _DirectionDensity(model.rotations, smooths[0])
         params += list(model.density.parameters())
     if a.truth_only:
         from orbitcore.mom.cryoem_models import VoxelVolume  # noqa: PLC0415
@@ -150,6 +159,8 @@ def main() -> None:
     shrinks = [float(x) for x in a.shrink.split(",")]
     for stage, r in enumerate(float(x) for x in a.radii.split(",")):
         tau = shrinks[min(stage, len(shrinks) - 1)]
+        if isinstance(model.density, _DirectionDensity):
+            model.density.set_smoothing(smooths[min(stage, len(smooths) - 1)])
         sel = (k2 <= r * r + 1e-9).nonzero()[:, 0]
         pos = torch.full((lay.m,), -1, dtype=torch.long)
         pos[sel] = torch.arange(len(sel))
@@ -175,7 +186,8 @@ def main() -> None:
               f"final squared loss {float(closure()):.3e}", flush=True)
         res = ce.MoMResult(model, cfg, mom, scale, float(M1n.norm() / M2n.norm()), {"loss": [0.0]}, 0.0)
         ev = ce.evaluate(res, vol)
-        print(f"n={a.n} kappa={a.kappa} start={a.start} r={r:g} density={a.density} shrink={tau:g} "
+        sm = f" smooth={smooths[min(stage, len(smooths) - 1)]:g}" if a.density == "directions" else ""
+        print(f"n={a.n} kappa={a.kappa} start={a.start} r={r:g} density={a.density}{sm} shrink={tau:g} "
               f"{time.time() - t0:.0f}s  moment errors "
               f"{ev['moment_error_1']:.5f} / {ev['moment_error_2']:.5f}  FSC-0.5 {ev['resolution_05_px']:.2f} px  "
               f"corr {ev['correlation']:.3f}", flush=True)
