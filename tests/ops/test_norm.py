@@ -166,6 +166,9 @@ def test_double_conv_fused_equals_layer_by_layer(gen, momentum):
         x = x + 0.5 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
     for (k, u), v in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12, msg=lambda m, k=k: f"{k}: {m}")
+    a[1].eval()  # one batch norm frozen on its own: the block must use its running statistics
+    b[1].eval()
+    torch.testing.assert_close(a(x), b.forward_unfused(x), rtol=1e-12, atol=1e-12)
     a.eval()
     b.eval()
     torch.testing.assert_close(a(x), b.forward_unfused(x), rtol=1e-12, atol=1e-12)

@@ -24,8 +24,8 @@ from torch import nn
 
 from .. import _ext
 from .._validate import check_int, fail
-from ..ops.norm import batch_norm_relu
 from ..geometry import quaternion_to_matrix, relion_euler_to_matrix, s2s2_to_matrix
+from ..ops.norm import batch_norm_relu
 
 ROTATION_HEADS = {"s2s2": 6, "quaternion": 4, "euler": 3}
 
@@ -205,6 +205,8 @@ class DoubleConv(nn.Sequential):
         if not (self.training and self.batch_norm and _fused_norm_runs_on(x)):
             return self.forward_unfused(x)
         conv1, bn1, _, conv2, bn2, _, pool = self
+        if not (bn1.training and bn2.training):  # a batch norm put in evaluation mode on its own
+            return self.forward_unfused(x)
         x = _batch_norm_relu(bn1, conv1(x))
         x = _batch_norm_relu(bn2, conv2(x))
         return pool(x)
