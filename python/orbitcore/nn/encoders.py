@@ -22,7 +22,6 @@ import math
 import torch
 from torch import nn
 
-from .. import _ext
 from .._validate import check_int, fail
 from ..geometry import quaternion_to_matrix, relion_euler_to_matrix, s2s2_to_matrix
 from ..ops.norm import batch_norm_relu
@@ -163,10 +162,11 @@ class BatchWhitening(nn.Module):
 
 
 def _fused_norm_runs_on(x: torch.Tensor) -> bool:
-    """Whether orbitcore's fused batch-norm + ReLU kernel takes ``x`` (dtype and device)."""
-    if x.dtype not in (torch.float32, torch.float64):
-        return False
-    return x.device.type == "cpu" or (x.device.type == "cuda" and _ext.built_with_cuda())
+    """Whether the encoder uses orbitcore's fused batch-norm + ReLU kernel for ``x``: CPU float
+    tensors, where it was measured faster and more accurate than PyTorch's channels-last batch
+    norm (benchmarks/RESULTS.md, "norm"). On a GPU the op exists (``orbitcore.ops.norm``) but the
+    encoder keeps cuDNN's batch norm until the two have been compared there."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 
 def _batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
@@ -184,9 +184,9 @@ def _batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
 class DoubleConv(nn.Sequential):
     """Conv 3×3 → BatchNorm → ReLU → Conv 3×3 → BatchNorm → ReLU → MaxPool 2×2.
 
-    In training mode each BatchNorm → ReLU pair runs as one fused kernel
+    In training mode on the CPU each BatchNorm → ReLU pair runs as one fused kernel
     (:func:`orbitcore.ops.norm.batch_norm_relu`: the same function and running-statistics
-    updates, fewer passes over the activations). :meth:`forward_unfused` is the layer-by-layer
+    updates, fewer passes over the activations, float32 sums kept accurate). :meth:`forward_unfused` is the layer-by-layer
     ``nn.Sequential`` evaluation (reference and benchmark baseline); evaluation mode uses it too.
     """
 
