@@ -227,3 +227,44 @@ def test_form_images_order_of_operations():
 def test_reported_pose_of_rotated_path_maps_back():
     # rotate180(image of R) is the image of R Rz(pi): so the map back is an involution
     assert torch.equal(rotate180(rotate180(torch.arange(25.0).reshape(1, 5, 5))), torch.arange(25.0).reshape(1, 5, 5))
+
+
+@pytest.mark.parametrize("decoder,heads,symmetric", [("voxel", 4, True), ("voxel", 1, True), ("voxel", 3, False),
+                                                     ("fouriernet", 3, True)])
+def test_winner_only_gradients_equal_differentiating_every_path(decoder, heads, symmetric):
+    """The forward scores every path without gradients and renders only the winners again with
+    them. Reference: every path rendered with gradients, min over the hypotheses, eq. 10 by
+    symmetric_loss, as written in the paper. Same loss, same gradients to every parameter."""
+    torch.manual_seed(3)
+    n, B = 12, 5
+    m = AmortizedModel.create(n, decoder=decoder, channels=(4, 8), symmetric=symmetric, pose_heads=heads,
+                              fourier_hidden=16, seed=3).double()
+    if decoder == "voxel":
+        with torch.no_grad():
+            m.decoder.volume_real.copy_(oc.physics.pseudo_molecule(n).double())
+    m.eval()  # batch statistics out of the picture: both computations see the same network
+    images = torch.randn(B, n, n, generator=_gen(4), dtype=torch.float64)
+    ctf = 1 + 0.1 * torch.randn(B, n, n, generator=_gen(5), dtype=torch.float64)
+    params = [p for p in m.parameters() if p.requires_grad]
+
+    out = m(images, ctf)
+    g = torch.autograd.grad(out.loss, params, allow_unused=True)
+
+    Y = oc.fourier.fft2c(images)
+    x, C = images, ctf
+    if symmetric:
+        x, Y, C = torch.cat((images, rotate180(images))), torch.cat((Y, rotate180(Y))), torch.cat((ctf, ctf))
+    R, t = m.encode(x)
+    R = R.reshape(-1, 3, 3)
+    X = m.decode(R, t.repeat_interleave(heads, 0), C.repeat_interleave(heads, 0))
+    d = fourier_l2(Y.repeat_interleave(heads, 0), X, m.mask).view(x.shape[0], heads).min(1).values
+    ref = symmetric_loss(d[:B], d[B:])[0].mean() if symmetric else d.mean()
+    g_ref = torch.autograd.grad(ref, params, allow_unused=True)
+
+    torch.testing.assert_close(out.loss, ref, rtol=1e-12, atol=0)
+    for p, a, b in zip(params, g, g_ref):
+        if b is None:
+            assert a is None or float(a.abs().max()) == 0.0
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert sum(float(a.abs().sum()) for a in g if a is not None) > 0

@@ -419,32 +419,47 @@ class AmortizedModel(nn.Module):
         elif c.shifts == "none":
             t = None
         K = c.pose_heads
-        if K > 1:  # K hypotheses per image: render each, the loss keeps the best (winner takes all)
-            Bx = R.shape[0]
-            R = R.reshape(Bx * K, 3, 3)
-            Yk = Y.repeat_interleave(K, 0)
-            tk = None if t is None else t.repeat_interleave(K, 0)
-            ctfk = None if ctf is None else ctf.repeat_interleave(K, 0)
-        else:
-            Yk, tk, ctfk = Y, t, ctf
-        X = self.decode(R, tk, ctfk, radius)                    # X̂_i = Γ(Y_i), eq. 8
-        d = fourier_l2(Yk, X, self.loss_mask(radius))           # ‖Ŷ_i − X̂_i‖² on |k| <= radius
-        t = torch.zeros(x.shape[0], 2, dtype=R.dtype, device=R.device) if t is None else t
-        R = R.view(x.shape[0], K, 3, 3)
-        d = d.view(x.shape[0], K)
+        mask = self.loss_mask(radius)
+        if K == 1 and not c.symmetric:  # one path per image: nothing to choose
+            d = fourier_l2(Y, self.decode(R, t, ctf, radius), mask)  # X̂_i = Γ(Y_i), eq. 8
+            t = torch.zeros(B, 2, dtype=R.dtype, device=R.device) if t is None else t
+            return ModelOutput(loss=d.mean(), per_image=d, rotations=R, shifts=t,
+                               flipped=torch.zeros(B, dtype=torch.bool, device=d.device), loss_direct=d,
+                               loss_rotated=None, head=torch.zeros(B, dtype=torch.long, device=d.device))
+        # Several paths per image (K hypotheses, and the direct and π-rotated copies with the
+        # symmetric loss): the loss keeps the best path per image, and only that path gets a
+        # gradient (eq. 10; winner takes all over the hypotheses). So every path is scored once
+        # without gradients, and only the B winners are rendered again with them: the same loss
+        # and gradients as differentiating all 2·K·B renders, for about a 2K-th of the backward.
+        Bx = x.shape[0]
+        Rk = R.reshape(Bx, K, 3, 3)
+        with torch.no_grad():
+            ti = None if t is None else t.repeat_interleave(K, 0)
+            ci = None if ctf is None else ctf.repeat_interleave(K, 0)
+            X = self.decode(Rk.reshape(Bx * K, 3, 3), ti, ci, radius)   # X̂ of every path, eq. 8
+            d = fourier_l2(Y.repeat_interleave(K, 0), X, mask).view(Bx, K)
+            del X
         dmin, head = d.min(1)                                   # min over the hypotheses
-        Rh = R[torch.arange(x.shape[0], device=R.device), head]
-        if not c.symmetric:
+        if c.symmetric:
+            da, db = dmin[:B], dmin[B:]
+            _, flipped = symmetric_loss(da, db)                 # eq. 10: the better of the two paths
+            rows = torch.where(flipped, torch.arange(B, 2 * B, device=d.device), torch.arange(B, device=d.device))
+        else:
+            da, db = dmin, None
             flipped = torch.zeros(B, dtype=torch.bool, device=d.device)
-            return ModelOutput(loss=dmin.mean(), per_image=dmin, rotations=Rh, shifts=t, flipped=flipped,
-                               loss_direct=dmin, loss_rotated=None, head=head)
-        da, db = dmin[:B], dmin[B:]
-        per, flipped = symmetric_loss(da, db)                   # eq. 10
-        # the pose of the chosen path, for the unrotated image: (R_b Rz(π), -t_b)
-        Rb = Rh[B:] * _RZ_PI.to(R)[None, None, :]
-        Rsel = torch.where(flipped[:, None, None], Rb, Rh[:B])
-        tsel = torch.where(flipped[:, None], -t[B:], t[:B])
-        hsel = torch.where(flipped, head[B:], head[:B])
+            rows = torch.arange(B, device=d.device)
+        hsel = head[rows]
+        Rw = Rk[rows, hsel]                                      # the winning path's rotation
+        tw = None if t is None else t[rows]
+        if torch.is_grad_enabled():                              # the winners, with gradients
+            per = fourier_l2(Y[rows], self.decode(Rw, tw, None if ctf is None else ctf[rows], radius), mask)
+        else:
+            per = dmin[rows]
+        tsel = torch.zeros(B, 2, dtype=R.dtype, device=R.device) if tw is None else tw
+        # the pose of the chosen path, for the unrotated image: a rotated path's (R_b, t_b) is
+        # (R_b Rz(π), -t_b) for the image as given
+        Rsel = torch.where(flipped[:, None, None], Rw * _RZ_PI.to(R)[None, None, :], Rw)
+        tsel = torch.where(flipped[:, None], -tsel, tsel)
         return ModelOutput(loss=per.mean(), per_image=per, rotations=Rsel, shifts=tsel, flipped=flipped,
                            loss_direct=da, loss_rotated=db, head=hsel)
 
