@@ -101,11 +101,20 @@ class VoxelDecoder(nn.Module):
 
     def slices(self, rotations: torch.Tensor, n: int, radius: float) -> torch.Tensor:
         """``S_i[V̂]`` (eq. 5): complex ``(B, n, n)``, zero outside ``|k| <= radius``."""
-        if radius > self.max_radius + 1e-9:
-            fail("VoxelDecoder.slices", f"radius must be <= D/2 - 1/pad = {self.max_radius:g} (where the "
-                                        f"Hermitian slice is exact), got {radius:g}")
+        return self.renderer()(rotations, n, radius)
+
+    def renderer(self):
+        """``slices`` as a function of ``(rotations, n, radius)`` that shares one ``V̂`` between
+        calls (one batch's renders: the volume's FT is computed once, with gradients when enabled)."""
         V = self.fourier_volume()
-        return fourier_slice(V, self.pad * rotations, size=n, radius=radius, hermitian=True, check=False)
+
+        def render(rotations: torch.Tensor, n: int, radius: float) -> torch.Tensor:
+            if radius > self.max_radius + 1e-9:
+                fail("VoxelDecoder.slices", f"radius must be <= D/2 - 1/pad = {self.max_radius:g} (where the "
+                                            f"Hermitian slice is exact), got {radius:g}")
+            return fourier_slice(V, self.pad * rotations, size=n, radius=radius, hermitian=True, check=False)
+
+        return render
 
     @torch.no_grad()
     def volume(self) -> torch.Tensor:
@@ -140,6 +149,10 @@ class FourierNetDecoder(nn.Module):
     def slices(self, rotations: torch.Tensor, n: int, radius: float) -> torch.Tensor:
         """``S_i[V̂]`` (eq. 5): complex ``(B, n, n)``, zero outside ``|k| <= radius``."""
         return self.scale * self.net.slice(rotations, n, radius=radius)
+
+    def renderer(self):
+        """``slices`` as a function (nothing to share between a batch's renders)."""
+        return self.slices
 
     @torch.no_grad()
     def volume(self) -> torch.Tensor:
@@ -356,11 +369,12 @@ class AmortizedModel(nn.Module):
         return self.encoder(x)
 
     def decode(self, rotations: torch.Tensor, shifts: torch.Tensor | None = None,
-               ctf: torch.Tensor | None = None, radius: float | None = None) -> torch.Tensor:
+               ctf: torch.Tensor | None = None, radius: float | None = None, *, render=None) -> torch.Tensor:
         """``Γ``: poses → model images ``X̂`` (eq. 8), complex ``(B, n, n)``, zero outside the disk
-        ``|k| <= radius`` (default: the configured radius)."""
+        ``|k| <= radius`` (default: the configured radius). ``render``: a ``decoder.renderer()``
+        to share between calls of one batch (default: a fresh one)."""
         r = self.config.radius if radius is None else self._radius("AmortizedModel.decode", radius)
-        S = self.decoder.slices(rotations, self.n, r)
+        S = (self.decoder.slices if render is None else render)(rotations, self.n, r)
         return form_images(S, ctf, shifts)
 
     def _radius(self, fn: str, radius) -> float:
@@ -433,10 +447,11 @@ class AmortizedModel(nn.Module):
         # and gradients as differentiating all 2·K·B renders, for about a 2K-th of the backward.
         Bx = x.shape[0]
         Rk = R.reshape(Bx, K, 3, 3)
+        render = self.decoder.renderer()                         # one V̂ for both passes
         with torch.no_grad():
             ti = None if t is None else t.repeat_interleave(K, 0)
             ci = None if ctf is None else ctf.repeat_interleave(K, 0)
-            X = self.decode(Rk.reshape(Bx * K, 3, 3), ti, ci, radius)   # X̂ of every path, eq. 8
+            X = self.decode(Rk.reshape(Bx * K, 3, 3), ti, ci, radius, render=render)  # every path, eq. 8
             d = fourier_l2(Y.repeat_interleave(K, 0), X, mask).view(Bx, K)
             del X
         dmin, head = d.min(1)                                   # min over the hypotheses
@@ -452,7 +467,8 @@ class AmortizedModel(nn.Module):
         Rw = Rk[rows, hsel]                                      # the winning path's rotation
         tw = None if t is None else t[rows]
         if torch.is_grad_enabled():                              # the winners, with gradients
-            per = fourier_l2(Y[rows], self.decode(Rw, tw, None if ctf is None else ctf[rows], radius), mask)
+            per = fourier_l2(Y[rows], self.decode(Rw, tw, None if ctf is None else ctf[rows], radius, render=render),
+                             mask)
         else:
             per = dmin[rows]
         tsel = torch.zeros(B, 2, dtype=R.dtype, device=R.device) if tw is None else tw
