@@ -18,7 +18,9 @@ orbitcore: the filter bank as two small matrix products per filter (``G X Gᵀ``
 is separable), the CNN on channels-last activations with each BatchNorm → ReLU pair fused into
 one kernel (``orbitcore.ops.norm.batch_norm_relu``) (``PoseEncoder``); ``fft3c_padded``
 (pruned real FFTs) and ``fourier_slice`` with the Hermitian half-plane and the disk (voxel);
-``FourierNet.slice`` on the half-disk only (fouriernet).
+``FourierNet.slice`` on the half-disk only (fouriernet); and every path (two per image with the
+symmetric loss, times the pose hypotheses) scored without gradients, only the winners rendered
+again with them (``AmortizedModel.forward``: the same loss and gradients).
 
 Reported, per decoder: training images/s (one optimisation step = forward of the batch and of
 its π-rotated copy, backward, Adam), the encoder alone (forward and backward on the 2B images),

@@ -27,6 +27,11 @@ Our additions for pose inference from scratch (docs/evidence/amortized/README.md
 CryoSPIN), each is rendered, and the loss keeps the best (eq. 10 generalised to a minimum over
 ``2K`` paths); ``forward(..., radius=r)`` evaluates the slices and the loss on a smaller disk
 (the frequency curriculum of :class:`orbitcore.amortized.TrainConfig`).
+
+With several paths per image, ``forward`` scores every path without gradients and renders only
+each image's winner again with them: the minimum routes the gradient to the winner alone, so
+this is the same loss and gradients as differentiating every path, for a ``2K``-th of the
+decoder's backward (tested against that).
 """
 from __future__ import annotations
 
@@ -198,7 +203,8 @@ class ModelConfig:
             encoder predicts ``pose_heads`` rotations, each is rendered, and the per-image loss
             is the minimum over them (over ``2 · pose_heads`` paths with the symmetric loss,
             eq. 10 generalised); only the winner carries gradient and its pose is reported.
-            Costs ``pose_heads`` times the decoder work. Default 1 (the papers' encoder).
+            Costs ``pose_heads`` times the decoder's forward work (the backward runs on the winners
+            only). Default 1 (the papers' encoder).
         max_shift: bound of the predicted shifts in pixels (``max_shift · tanh``; default ``n / 8``).
         pad, init_scale: voxel decoder (:class:`VoxelDecoder`).
         fourier_hidden, amplitude_layers, modulation_layers, w0: FourierNet decoder.
