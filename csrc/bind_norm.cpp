@@ -15,11 +15,6 @@ namespace orbitcore {
 namespace binding {
 namespace {
 
-void expect_real(const TensorArg& t) {
-  if (t.dtype != "float32" && t.dtype != "float64")
-    fail(t.op, t.name + " must be float32 or float64, got " + t.dtype);
-}
-
 // (M, C) activations, real and contiguous, with M >= 2 (a variance needs two values).
 void check_activations(const TensorArg& x) {
   expect_dim(x, 2, "(M, C)");

@@ -14,11 +14,6 @@ namespace orbitcore {
 namespace binding {
 namespace {
 
-void expect_real(const TensorArg& t) {
-  if (t.dtype != "float32" && t.dtype != "float64")
-    fail(t.op, t.name + " must be float32 or float64, got " + t.dtype);
-}
-
 void expect_vector(const TensorArg& t, std::int64_t n, const std::string& layout) {
   expect_shape(t, {n}, layout);
   expect_dtype(t, "int32");

@@ -96,6 +96,11 @@ inline void expect_dtype(const TensorArg& t, const std::string& dtype) {
   if (t.dtype != dtype) fail(t.op, t.name + " must have dtype " + dtype + ", got " + t.dtype);
 }
 
+inline void expect_real(const TensorArg& t) {
+  if (t.dtype != "float32" && t.dtype != "float64")
+    fail(t.op, t.name + " must be float32 or float64, got " + t.dtype);
+}
+
 inline void expect_contiguous(const TensorArg& t) {
   if (t.numel() == 0) return;  // an empty array is trivially contiguous (its strides are arbitrary)
   std::int64_t expected = 1;

@@ -66,6 +66,29 @@ void input_grad_row(const T* __restrict dy, const T* __restrict x, const T* __re
   }
 }
 
+// Rows [lo, hi) of a pass through `row(m, p1, p2)`, which adds row m's per-channel terms to the
+// partial sums p1, p2 (T, C each); these are added into the thread's double totals tot (S1 in
+// [0, C), S2 in [C, 2C)) every kBlock rows.
+template <typename T, typename Row>
+void blocked_sums(index_t lo, index_t hi, index_t C, double* tot, Row row) {
+  std::vector<T> part(static_cast<std::size_t>(2 * C), T(0));
+  for (index_t m0 = lo; m0 < hi; m0 += kBlock) {
+    const index_t m1 = m0 + kBlock < hi ? m0 + kBlock : hi;
+    for (index_t m = m0; m < m1; ++m) row(m, part.data(), part.data() + C);
+    flush(part.data(), tot, 2 * C);
+  }
+}
+
+// Channel c's two sums over the threads' totals (added in thread order: deterministic).
+inline void thread_totals(const std::vector<double>& sums, index_t C, int nt, index_t c, double* u1, double* u2) {
+  *u1 = 0.0;
+  *u2 = 0.0;
+  for (int t = 0; t < nt; ++t) {
+    *u1 += sums[static_cast<std::size_t>(2 * C * t + c)];
+    *u2 += sums[static_cast<std::size_t>(2 * C * t + C + c)];
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -81,23 +104,15 @@ void batch_norm_relu_forward(const T* x, index_t M, index_t C, const T* gamma, c
     const int tid = nt > 1 ? omp_get_thread_num() : 0;
     index_t lo, hi;
     row_range(M, tid, nt, &lo, &hi);
-    double* tot = sums.data() + 2 * C * tid;  // S1 (C), then S2 (C)
-    std::vector<T> part(static_cast<std::size_t>(2 * C), T(0));
     const T* K = shift.data();
-    for (index_t m0 = lo; m0 < hi; m0 += kBlock) {
-      const index_t m1 = m0 + kBlock < hi ? m0 + kBlock : hi;
-      for (index_t m = m0; m < m1; ++m) stats_row(x + m * C, K, part.data(), part.data() + C, C);
-      flush(part.data(), tot, 2 * C);
-    }
+    blocked_sums<T>(lo, hi, C, sums.data() + 2 * C * tid,
+                    [&](index_t m, T* p1, T* p2) { stats_row(x + m * C, K, p1, p2, C); });
 #pragma omp barrier
 #pragma omp single
     {
       for (index_t c = 0; c < C; ++c) {
-        double t1 = 0.0, t2 = 0.0;
-        for (int t = 0; t < nt; ++t) {
-          t1 += sums[static_cast<std::size_t>(2 * C * t + c)];
-          t2 += sums[static_cast<std::size_t>(2 * C * t + C + c)];
-        }
+        double t1, t2;
+        thread_totals(sums, C, nt, c, &t1, &t2);
         double mu, v;
         norm::finish_stats(static_cast<double>(K[c]), t1, t2, static_cast<double>(M), &mu, &v);
         const norm::ChannelCoef k = norm::channel_coef(mu, v, static_cast<double>(gamma[c]),
@@ -137,24 +152,16 @@ void batch_norm_relu_backward(const T* dy, const T* x, index_t M, index_t C, con
     const int tid = nt > 1 ? omp_get_thread_num() : 0;
     index_t lo, hi;
     row_range(M, tid, nt, &lo, &hi);
-    double* tot = sums.data() + 2 * C * tid;  // Σ dz (C), then Σ dz x̂ (C)
-    std::vector<T> part(static_cast<std::size_t>(2 * C), T(0));
     const T *A = a.data(), *Bc = b.data(), *Mu = mu.data(), *S = s.data();
-    for (index_t m0 = lo; m0 < hi; m0 += kBlock) {
-      const index_t m1 = m0 + kBlock < hi ? m0 + kBlock : hi;
-      for (index_t m = m0; m < m1; ++m)
-        grad_sums_row(dy + m * C, x + m * C, A, Bc, Mu, S, part.data(), part.data() + C, C);
-      flush(part.data(), tot, 2 * C);
-    }
+    blocked_sums<T>(lo, hi, C, sums.data() + 2 * C * tid, [&](index_t m, T* p1, T* p2) {  // Σ dz, Σ dz x̂
+      grad_sums_row(dy + m * C, x + m * C, A, Bc, Mu, S, p1, p2, C);
+    });
 #pragma omp barrier
 #pragma omp single
     {
       for (index_t c = 0; c < C; ++c) {
-        double u1 = 0.0, u2 = 0.0;
-        for (int t = 0; t < nt; ++t) {
-          u1 += sums[static_cast<std::size_t>(2 * C * t + c)];
-          u2 += sums[static_cast<std::size_t>(2 * C * t + C + c)];
-        }
+        double u1, u2;
+        thread_totals(sums, C, nt, c, &u1, &u2);
         dbeta[c] = static_cast<T>(u1);
         dgamma[c] = static_cast<T>(u2);
         m1[c] = static_cast<T>(u1 / static_cast<double>(M));

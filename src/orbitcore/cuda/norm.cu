@@ -19,10 +19,27 @@ inline unsigned row_blocks(index_t M) {
   return static_cast<unsigned>(b < 1024 ? (b < 1 ? 1 : b) : 1024);
 }
 
+// The block's kRows partial sums (s1, s2) of channel c added up, then atomically into out1[c],
+// out2[c] (all threads of the block must call).
+__device__ ORBITCORE_FORCEINLINE void add_block_rows(double s1, double s2, index_t c, index_t C, double* out1,
+                                                     double* out2) {
+  __shared__ double sh1[kRows][kCh], sh2[kRows][kCh];
+  sh1[threadIdx.y][threadIdx.x] = s1;
+  sh2[threadIdx.y][threadIdx.x] = s2;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    for (unsigned r = 1; r < kRows; ++r) {
+      s1 += sh1[r][threadIdx.x];
+      s2 += sh2[r][threadIdx.x];
+    }
+    atomicAdd(out1 + c, s1);
+    atomicAdd(out2 + c, s2);
+  }
+}
+
 // Shifted sums S1 = Σ (x − x[0, c]), S2 = Σ (x − x[0, c])² into out[c], out[C + c].
 template <typename T>
 __global__ void stats_kernel(const T* __restrict__ x, index_t M, index_t C, double* __restrict__ out) {
-  __shared__ double sh1[kRows][kCh], sh2[kRows][kCh];
   const index_t c = index_t(blockIdx.x) * kCh + threadIdx.x;
   double s1 = 0.0, s2 = 0.0;
   if (c < C) {
@@ -33,17 +50,7 @@ __global__ void stats_kernel(const T* __restrict__ x, index_t M, index_t C, doub
       s2 += d * d;
     }
   }
-  sh1[threadIdx.y][threadIdx.x] = s1;
-  sh2[threadIdx.y][threadIdx.x] = s2;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    for (unsigned r = 1; r < kRows; ++r) {
-      s1 += sh1[r][threadIdx.x];
-      s2 += sh2[r][threadIdx.x];
-    }
-    atomicAdd(out + c, s1);
-    atomicAdd(out + C + c, s2);
-  }
+  add_block_rows(s1, s2, c, C, out, out + C);
 }
 
 // ws: [0, 2C) sums; writes mean, var and the coefficients a, b to ws[2C, 4C).
@@ -92,7 +99,6 @@ __global__ void backward_coef_kernel(index_t C, const T* __restrict__ gamma, con
 template <typename T>
 __global__ void backward_sums_kernel(const T* __restrict__ dy, const T* __restrict__ x, index_t M, index_t C,
                                      const T* __restrict__ mean, double* __restrict__ ws) {
-  __shared__ double sh1[kRows][kCh], sh2[kRows][kCh];
   const index_t c = index_t(blockIdx.x) * kCh + threadIdx.x;
   double t1 = 0.0, t2 = 0.0;
   if (c < C) {
@@ -105,17 +111,7 @@ __global__ void backward_sums_kernel(const T* __restrict__ dy, const T* __restri
       t2 += static_cast<double>(dz * ((xv - mu) * s));
     }
   }
-  sh1[threadIdx.y][threadIdx.x] = t1;
-  sh2[threadIdx.y][threadIdx.x] = t2;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    for (unsigned r = 1; r < kRows; ++r) {
-      t1 += sh1[r][threadIdx.x];
-      t2 += sh2[r][threadIdx.x];
-    }
-    atomicAdd(ws + 4 * C + c, t1);
-    atomicAdd(ws + 5 * C + c, t2);
-  }
+  add_block_rows(t1, t2, c, C, ws + 4 * C, ws + 5 * C);
 }
 
 // dβ, dγ, and the means m1 = dβ/M, m2 = dγ/M into ws[6C, 8C).
