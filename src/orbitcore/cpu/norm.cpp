@@ -136,13 +136,12 @@ void batch_norm_relu_backward(const T* dy, const T* x, index_t M, index_t C, con
   check(M >= 1 && C >= 1, "batch_norm_relu_backward: empty input");
   const int nt = threads_for(num_threads, static_cast<long long>(M * C));
   const std::size_t Cs = static_cast<std::size_t>(C);
-  std::vector<T> a(Cs), b(Cs), mu(Cs), s(Cs), k(Cs), m1(Cs), m2(Cs);
+  std::vector<T> a(Cs), b(Cs), s(Cs), k(Cs), m1(Cs), m2(Cs);
   for (index_t c = 0; c < C; ++c) {
     const norm::ChannelCoef q = norm::channel_coef(static_cast<double>(mean[c]), static_cast<double>(var[c]),
                                                    static_cast<double>(gamma[c]), static_cast<double>(beta[c]), eps);
     a[c] = static_cast<T>(q.a);
     b[c] = static_cast<T>(q.b);
-    mu[c] = mean[c];
     s[c] = static_cast<T>(q.s);
     k[c] = static_cast<T>(static_cast<double>(gamma[c]) * q.s);
   }
@@ -152,7 +151,7 @@ void batch_norm_relu_backward(const T* dy, const T* x, index_t M, index_t C, con
     const int tid = nt > 1 ? omp_get_thread_num() : 0;
     index_t lo, hi;
     row_range(M, tid, nt, &lo, &hi);
-    const T *A = a.data(), *Bc = b.data(), *Mu = mu.data(), *S = s.data();
+    const T *A = a.data(), *Bc = b.data(), *Mu = mean, *S = s.data();
     blocked_sums<T>(lo, hi, C, sums.data() + 2 * C * tid, [&](index_t m, T* p1, T* p2) {  // Σ dz, Σ dz x̂
       grad_sums_row(dy + m * C, x + m * C, A, Bc, Mu, S, p1, p2, C);
     });
