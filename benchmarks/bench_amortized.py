@@ -15,15 +15,16 @@ implementations write them:
   of eq. 7 applied point by point), then masked.
 
 orbitcore: the filter bank as two small matrix products per filter (``G X Gᵀ``, the Gaussian
-is separable), the CNN on channels-last activations with each BatchNorm → ReLU pair fused into
-one kernel (``orbitcore.ops.norm.batch_norm_relu``) (``PoseEncoder``); ``fft3c_padded``
+is separable), the CNN on channels-last activations with each block's first BatchNorm → ReLU
+pair fused into one kernel (``orbitcore.ops.norm.batch_norm_relu``) and its second with the
+2×2 max pooling into another (``batch_norm_relu_max_pool2d``) (``PoseEncoder``); ``fft3c_padded``
 (pruned real FFTs) and ``fourier_slice`` with the Hermitian half-plane and the disk (voxel);
 ``FourierNet.slice`` on the half-disk only (fouriernet); and every path (two per image with the
 symmetric loss, times the pose hypotheses) scored without gradients, only the winners rendered
 again with them (``AmortizedModel.forward``: the same loss and gradients).
 
 Reported, per decoder: training images/s (one optimisation step = forward of the batch and of
-its π-rotated copy, backward, Adam), the encoder alone (forward and backward on the 2B images),
+its π-rotated copy, backward, Adam: the Trainer's fused Adam on both sides), the encoder alone (forward and backward on the 2B images),
 the decoder alone (slices of 2B poses + CTF + shift + loss, forward and backward to the volume
 and the rotations), and the evaluation rate (pose prediction over a stack, no gradients: the
 encoder alone, and with the symmetric path choice, which also runs the decoder). Every row
@@ -157,7 +158,9 @@ def bench_decoder(decoder: str, n: int, B: int, rep: int, gen, model_kw: dict) -
     if not row["loss_rel_diff"] < 1e-5:
         raise SystemExit(f"bench_amortized: the baseline and orbitcore losses differ ({l_base} vs {l_ours}), "
                          f"{decoder} n={n}: the comparison would not be of the same model")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    # the Trainer's optimiser (PyTorch's fused Adam) on both sides: the optimiser is not part of
+    # the model, and the default multi-tensor Adam would add the same ~7 ms to both steps
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5, fused=True)
 
     def step_ours():
         opt.zero_grad(set_to_none=True)

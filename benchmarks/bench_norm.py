@@ -1,6 +1,8 @@
 """Batch normalisation fused with ReLU (orbitcore.ops.norm.batch_norm_relu) against PyTorch's
 ``relu_(batch_norm(x))`` (``nn.BatchNorm2d`` then ``nn.ReLU(inplace=True)``, what the public
-encoders run), training mode, forward and backward, measured in the same run.
+encoders run), and fused with ReLU and 2×2 max pooling
+(``batch_norm_relu_max_pool2d``) against ``max_pool2d(relu_(batch_norm(x)), 2)``: training
+mode, forward and backward, measured in the same run.
 
 Shapes: the activations of the amortized pose encoder's blocks (channels 16-32-64-128 on 32²
 images, 2B = 128 images: the benchmark batch of ``bench_amortized.py``), channels-last as the
@@ -18,22 +20,26 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from orbitcore.ops import _reference as ref  # noqa: E402
-from orbitcore.ops.norm import batch_norm_relu  # noqa: E402
+from orbitcore.ops.norm import batch_norm_relu, batch_norm_relu_max_pool2d  # noqa: E402
 
 
-def bench_shape(N: int, C: int, s: int, layout: str, device: str, rep: int, gen) -> dict:
+def bench_shape(N: int, C: int, s: int, layout: str, device: str, rep: int, gen, pool: bool = False) -> dict:
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     x = torch.randn(N, C, s, s, generator=gen).to(device).contiguous(memory_format=fmt).requires_grad_()
     w = (0.5 + torch.rand(C, generator=gen)).to(device).requires_grad_()
     b = (0.1 * torch.randn(C, generator=gen)).to(device).requires_grad_()
-    g = torch.randn(x.shape, generator=gen).to(device).contiguous(memory_format=fmt)
+    so = s // 2 if pool else s
+    g = torch.randn(N, C, so, so, generator=gen).to(device).contiguous(memory_format=fmt)
     rm, rv = torch.zeros(C, device=device), torch.ones(C, device=device)
 
     def ours():
+        if pool:
+            return batch_norm_relu_max_pool2d(x, rm, rv, w, b, True, 0.1, 1e-5)
         return batch_norm_relu(x, rm, rv, w, b, True, 0.1, 1e-5)
 
     def base():
-        return F.relu(F.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5), inplace=True)  # nn.ReLU(inplace=True)
+        y = F.relu(F.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5), inplace=True)  # nn.ReLU(inplace=True)
+        return F.max_pool2d(y, 2) if pool else y
 
     # the same function: outputs and gradients (x, weight, bias) of both against float64, in
     # relative Frobenius norm (an element whose pre-activation rounds to the other side of 0
@@ -42,6 +48,8 @@ def bench_shape(N: int, C: int, s: int, layout: str, device: str, rep: int, gen)
     go, gb = torch.autograd.grad(yo, (x, w, b), g), torch.autograd.grad(yb, (x, w, b), g)
     xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
     yr, _, _ = ref.batch_norm_relu(xr, wr, br, 1e-5)
+    if pool:
+        yr = F.max_pool2d(yr, 2)
     gr = torch.autograd.grad(yr, (xr, wr, br), g.double())
 
     def rel(u, v):
@@ -64,7 +72,7 @@ def bench_shape(N: int, C: int, s: int, layout: str, device: str, rep: int, gen)
     def fb(f):
         return lambda: torch.autograd.grad(f(), (x, w, b), g)
 
-    row = {"shape": [N, C, s, s], "layout": layout, **row_acc}
+    row = {"shape": [N, C, s, s], "layout": layout, "max_pool2d": pool, **row_acc}
     for name, fn in (("forward", lambda f: f), ("forward_backward", fb)):
         tb = timeit(fn(base), repeat=rep, warmup=2, device=device, min_time=0.3)
         to = timeit(fn(ours), repeat=rep, warmup=2, device=device, min_time=0.3)
@@ -83,11 +91,22 @@ def main():
     gen = torch.Generator().manual_seed(0)
     N = 32 if args.quick else 128
     shapes = [(16, 32), (32, 16), (64, 8), (128, 4)]
-    rows = [bench_shape(N, C, s, args.layout, args.device, 3 if args.quick else 7, gen) for C, s in shapes]
-    tot_b = sum(r["forward_backward_ms_baseline"] for r in rows)
-    tot_o = sum(r["forward_backward_ms_ours"] for r in rows)
-    emit("norm", {"rows": rows, "encoder_blocks_forward_backward_speedup": tot_b / tot_o,
-                  "note": "one BatchNorm -> ReLU pair per shape; the encoder has two per block"}, args)
+    rep = 3 if args.quick else 7
+    rows = [bench_shape(N, C, s, args.layout, args.device, rep, gen) for C, s in shapes]
+    pooled = [bench_shape(N, C, s, args.layout, args.device, rep, gen, pool=True) for C, s in shapes]
+
+    def total(rs, side):
+        return sum(r[f"forward_backward_ms_{side}"] for r in rs)
+
+    # an encoder block = one plain pair + one pair followed by the pooling
+    blocks_b, blocks_o = total(rows, "baseline") + total(pooled, "baseline"), total(rows, "ours") + total(pooled, "ours")
+    emit("norm", {"rows": rows, "pooled_rows": pooled,
+                  "pairs_forward_backward_speedup": total(rows, "baseline") / total(rows, "ours"),
+                  "pooled_forward_backward_speedup": total(pooled, "baseline") / total(pooled, "ours"),
+                  "encoder_blocks_forward_backward_speedup": blocks_b / blocks_o,
+                  "encoder_blocks_forward_backward_ms": {"baseline": blocks_b, "ours": blocks_o},
+                  "note": "rows: one BatchNorm -> ReLU pair per shape; pooled_rows: BatchNorm -> ReLU -> "
+                          "MaxPool2d(2); each encoder block has one of each"}, args)
 
 
 if __name__ == "__main__":

@@ -162,14 +162,7 @@ void em_estep(py::object patches_, py::object projections_, py::object norms_, p
                    " values and workspace64 at least 2");
     enter_cuda(patches);
   }
-  cpu::SimdLevel level = cpu::SimdLevel::generic;
-  if (!patches.is_cuda()) {
-    try {
-      level = cpu::parse_simd(simd);
-    } catch (const std::invalid_argument& e) {
-      fail(op, std::string("simd: ") + e.what());
-    }
-  }
+  const cpu::SimdLevel level = simd_level(op, simd, patches.is_cuda());
   py::gil_scoped_release nogil;
   auto run = [&](auto tag) {
     using T = decltype(tag);

@@ -52,14 +52,7 @@ void moments_accumulate(py::object data, py::object columns, py::object gram, py
   if (x.is_cuda()) {
     enter_cuda(x);
   }
-  cpu::SimdLevel level = cpu::SimdLevel::generic;
-  if (!x.is_cuda()) {
-    try {
-      level = cpu::parse_simd(simd);
-    } catch (const std::invalid_argument& e) {
-      fail(op, std::string("simd: ") + e.what());
-    }
-  }
+  const cpu::SimdLevel level = simd_level(op, simd, x.is_cuda());
   py::gil_scoped_release nogil;
   const auto* cols = c.data<std::int64_t>();
   if (x.is_cuda()) {

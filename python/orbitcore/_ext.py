@@ -6,6 +6,8 @@ thread count for the CPU drivers and the CUDA stream for the CUDA drivers.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 try:
@@ -64,6 +66,12 @@ def dense(t: torch.Tensor) -> torch.Tensor:
 def threads() -> int:
     """Threads for the CPU drivers: follows ``torch.get_num_threads()``."""
     return int(torch.get_num_threads())
+
+
+def simd() -> str:
+    """SIMD variant of the CPU kernels that come in several (moments, EM, norm):
+    ``ORBITCORE_CPU_SIMD`` (auto|generic|avx2|avx512), default auto."""
+    return os.environ.get("ORBITCORE_CPU_SIMD", "auto")
 
 
 def stream(t: torch.Tensor) -> int:

@@ -24,7 +24,7 @@ from torch import nn
 
 from .._validate import check_int, fail
 from ..geometry import quaternion_to_matrix, relion_euler_to_matrix, s2s2_to_matrix
-from ..ops.norm import batch_norm_relu
+from ..ops.norm import batch_norm_relu, batch_norm_relu_max_pool2d
 
 ROTATION_HEADS = {"s2s2": 6, "quaternion": 4, "euler": 3}
 
@@ -169,25 +169,38 @@ def _fused_norm_runs_on(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 
-def _batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """``relu(bn(x))`` for a BatchNorm2d in training mode, through the fused kernel; running
-    statistics and ``num_batches_tracked`` are updated as ``nn.BatchNorm2d`` updates them."""
+def _batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor, op=batch_norm_relu) -> torch.Tensor:
+    """``relu(bn(x))`` (``op=batch_norm_relu``) or ``max_pool2d(relu(bn(x)), 2)``
+    (``op=batch_norm_relu_max_pool2d``) for a BatchNorm2d in training mode, through the fused
+    kernel; running statistics and ``num_batches_tracked`` are updated as ``nn.BatchNorm2d``
+    updates them."""
     momentum = bn.momentum
     if bn.track_running_stats:
         bn.num_batches_tracked.add_(1)
         if momentum is None:  # cumulative moving average
             momentum = 1.0 / float(bn.num_batches_tracked)
-    return batch_norm_relu(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, True,
-                           0.0 if momentum is None else momentum, bn.eps)
+    return op(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, 0.0 if momentum is None else momentum,
+              bn.eps)
+
+
+def _is_plain_pool2(pool: nn.Module) -> bool:
+    """Whether ``pool`` is ``nn.MaxPool2d(2)`` exactly (what the fused kernel computes)."""
+    def pair(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    return (type(pool) is nn.MaxPool2d and pair(pool.kernel_size) == (2, 2) and pair(pool.stride) == (2, 2)
+            and pair(pool.padding) == (0, 0) and pair(pool.dilation) == (1, 1) and not pool.ceil_mode
+            and not pool.return_indices)
 
 
 class DoubleConv(nn.Sequential):
     """Conv 3×3 → BatchNorm → ReLU → Conv 3×3 → BatchNorm → ReLU → MaxPool 2×2.
 
-    In training mode on the CPU each BatchNorm → ReLU pair runs as one fused kernel
-    (:func:`orbitcore.ops.norm.batch_norm_relu`: the same function and running-statistics
-    updates, fewer passes over the activations, float32 sums kept accurate). :meth:`forward_unfused` is the layer-by-layer
-    ``nn.Sequential`` evaluation (reference and benchmark baseline); evaluation mode uses it too.
+    In training mode on the CPU the first BatchNorm → ReLU pair runs as one fused kernel
+    (:func:`orbitcore.ops.norm.batch_norm_relu`) and the second with the max pooling as another
+    (:func:`orbitcore.ops.norm.batch_norm_relu_max_pool2d`): the same function and running-statistics
+    updates, fewer passes over the activations, no pooling indices, float32 sums kept accurate.
+    :meth:`forward_unfused` is the layer-by-layer ``nn.Sequential`` evaluation (reference and
+    benchmark baseline); evaluation mode uses it too.
     """
 
     def __init__(self, c_in: int, c_out: int, batch_norm: bool = True):
@@ -208,8 +221,10 @@ class DoubleConv(nn.Sequential):
         if not (bn1.training and bn2.training):  # a batch norm put in evaluation mode on its own
             return self.forward_unfused(x)
         x = _batch_norm_relu(bn1, conv1(x))
-        x = _batch_norm_relu(bn2, conv2(x))
-        return pool(x)
+        x = conv2(x)
+        if _is_plain_pool2(pool) and x.shape[-2] >= 2 and x.shape[-1] >= 2:
+            return _batch_norm_relu(bn2, x, batch_norm_relu_max_pool2d)
+        return pool(_batch_norm_relu(bn2, x))
 
     def forward_unfused(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x)

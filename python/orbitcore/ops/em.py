@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import NamedTuple, Optional
 
 import torch
@@ -46,14 +45,9 @@ __all__ = ["EStepResult", "em_estep", "displacements", "shift_norms", "k_lists",
 _WORKSPACE_BYTES = 1 << 28  # CUDA score buffer per call (patches are processed in chunks)
 
 
-def _simd() -> str:
-    """SIMD variant of the CPU kernel: ORBITCORE_CPU_SIMD (auto|generic|avx2|avx512), default auto."""
-    return os.environ.get("ORBITCORE_CPU_SIMD", "auto")
-
-
 def cpu_simd(name: str = "auto") -> str:
-    """The SIMD variant of the CPU E-step that ``name`` resolves to on this CPU (the E-step and the
-    moment kernels share one run-time dispatch, ``ORBITCORE_CPU_SIMD``). Raises ValueError for
+    """The SIMD variant of the CPU E-step that ``name`` resolves to on this CPU (the E-step, the
+    moment kernels and the norm kernels share one run-time dispatch, ``ORBITCORE_CPU_SIMD``). Raises ValueError for
     an unknown level or one this CPU lacks."""
     return str(_ext.C.cpu_simd(name))
 
@@ -145,7 +139,7 @@ def _run(patches, projections, norms, log_prior, patch_weights, support, inv2s2,
         ws64 = torch.empty(2 * chunk, **f64)
     _ext.C.em_estep(_ext.arg(patches), _ext.arg(projections), _ext.arg(norms), _ext.arg(log_prior), _ext.arg(cw),
                     _ext.arg(klist), _ext.arg(kstart), float(inv2s2), _ext.arg(le), _ext.arg(ep), _ext.arg(sw),
-                    _ext.arg(bp), _ext.arg(sp), _ext.arg(ws), _ext.arg(ws64), _ext.threads(), _simd(),
+                    _ext.arg(bp), _ext.arg(sp), _ext.arg(ws), _ext.arg(ws64), _ext.threads(), _ext.simd(),
                     _ext.stream(patches))
     if sp is None:
         sp = torch.empty(0, D, **f64)

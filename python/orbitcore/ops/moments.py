@@ -64,11 +64,6 @@ __all__ = [
 _SIGMA2_MODES = ("corners", "high_frequency")
 
 
-def _simd() -> str:
-    """SIMD variant of the CPU kernel: ORBITCORE_CPU_SIMD (auto|generic|avx2|avx512), default auto."""
-    return os.environ.get("ORBITCORE_CPU_SIMD", "auto")
-
-
 # ------------------------------------------------------------------------------------------------
 # Which frequencies, in which order, and their real basis
 # ------------------------------------------------------------------------------------------------
@@ -424,7 +419,7 @@ class MomentAccumulator:
         X = torch.fft.rfftn(x, dim=dims)  # uncentred half spectrum (phases fixed in result())
         Xr = torch.view_as_real(X).reshape(x.shape[0], -1)
         _ext.C.moments_accumulate(_ext.arg(Xr), _ext.arg(self._columns), _ext.arg(self._gram),
-                                  _ext.arg(self._sums), _ext.threads(), _simd(), _ext.stream(Xr))
+                                  _ext.arg(self._sums), _ext.threads(), _ext.simd(), _ext.stream(Xr))
         stats = torch.zeros(4, dtype=torch.float64, device=self.device)
         stats[0] = x.shape[0]
         if self.sigma2_mode == "corners":

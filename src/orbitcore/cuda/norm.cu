@@ -2,7 +2,8 @@
 // each thread walks a strided set of rows of one channel, the block adds its 8 rows in shared
 // memory and one atomicAdd per channel and block goes to the double sums in `ws`. Per-channel
 // coefficients are then formed by one thread per channel, and the elementwise passes run one
-// thread per element. Element math: ../norm.hpp.
+// thread per element (with pooling: per pooled output forward, per input element backward, each
+// recomputing its window's maximum). Element math: ../norm.hpp.
 #include "norm.hpp"
 
 #include "../norm.hpp"
@@ -140,11 +141,70 @@ __global__ void backward_apply_kernel(const T* __restrict__ dy, const T* __restr
                            static_cast<T>(ws[7 * C + c]));
 }
 
+// Pooled forward: one thread per pooled output (N, H/2, W/2, C).
+template <typename T>
+__global__ void forward_pool_apply_kernel(const T* __restrict__ x, norm::Pool2 g, index_t C,
+                                          const double* __restrict__ ab, T* __restrict__ y) {
+  const index_t Wo = g.W / 2, count = g.N * (g.H / 2) * Wo * C;
+  const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  const index_t c = i % C, q = i / C, j = q % Wo;
+  const T* x0 = x + (norm::window_first_row(q / Wo, g) + 2 * j) * C + c;
+  const index_t WC = g.W * C;
+  const T a = static_cast<T>(ab[c]), b = static_cast<T>(ab[C + c]);
+  y[i] = norm::pooled_value(a * x0[0] + b, a * x0[C] + b, a * x0[WC] + b, a * x0[WC + C] + b);
+}
+
+// Pooled Σ dz, Σ dz x̂ into ws[4C, 6C): only each window's winner has dz != 0.
+template <typename T>
+__global__ void backward_pool_sums_kernel(const T* __restrict__ dy, const T* __restrict__ x, norm::Pool2 g, index_t C,
+                                          const T* __restrict__ mean, double* __restrict__ ws) {
+  const index_t c = index_t(blockIdx.x) * kCh + threadIdx.x;
+  const index_t Wo = g.W / 2, windows = g.N * (g.H / 2) * Wo, WC = g.W * C;
+  double t1 = 0.0, t2 = 0.0;
+  if (c < C) {
+    const T a = static_cast<T>(ws[c]), b = static_cast<T>(ws[C + c]), s = static_cast<T>(ws[2 * C + c]);
+    const T mu = mean[c];
+    for (index_t q = index_t(blockIdx.y) * kRows + threadIdx.y; q < windows; q += index_t(gridDim.y) * kRows) {
+      const T* x0 = x + (norm::window_first_row(q / Wo, g) + 2 * (q % Wo)) * C + c;
+      const T v0 = x0[0], v1 = x0[C], v2 = x0[WC], v3 = x0[WC + C];
+      T d0, d1, d2, d3;  // one of them at most is non-zero
+      norm::pooled_gated_grads(dy[q * C + c], a * v0 + b, a * v1 + b, a * v2 + b, a * v3 + b, &d0, &d1, &d2, &d3);
+      t1 += static_cast<double>((d0 + d1) + (d2 + d3));
+      t2 += static_cast<double>((d0 * (v0 - mu) + d1 * (v1 - mu) + d2 * (v2 - mu) + d3 * (v3 - mu)) * s);
+    }
+  }
+  add_block_rows(t1, t2, c, C, ws + 4 * C, ws + 5 * C);
+}
+
+// Pooled input gradient: one thread per input element; rows outside every window get dz = 0.
+template <typename T>
+__global__ void backward_pool_apply_kernel(const T* __restrict__ dy, const T* __restrict__ x, norm::Pool2 g,
+                                           index_t C, const T* __restrict__ mean, const double* __restrict__ ws,
+                                           T* __restrict__ dx) {
+  const index_t M = g.N * g.H * g.W, Ho = g.H / 2, Wo = g.W / 2, WC = g.W * C;
+  const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= M * C) return;
+  const index_t c = i % C, r = i / C, w = r % g.W, h = (r / g.W) % g.H, n = r / (g.W * g.H);
+  const T a = static_cast<T>(ws[c]), b = static_cast<T>(ws[C + c]), s = static_cast<T>(ws[2 * C + c]);
+  T dz = T(0);
+  if (h / 2 < Ho && w / 2 < Wo) {
+    const index_t q = (n * Ho + h / 2) * Wo + w / 2;  // the window, and this element's place in it
+    const T* x0 = x + ((n * g.H + (h & ~index_t(1))) * g.W + (w & ~index_t(1))) * C + c;
+    T d[4];
+    norm::pooled_gated_grads(dy[q * C + c], a * x0[0] + b, a * x0[C] + b, a * x0[WC] + b, a * x0[WC + C] + b, d,
+                             d + 1, d + 2, d + 3);
+    dz = d[2 * (h % 2) + w % 2];
+  }
+  dx[i] = norm::input_grad(dz, (x[i] - mean[c]) * s, static_cast<T>(ws[3 * C + c]), static_cast<T>(ws[6 * C + c]),
+                           static_cast<T>(ws[7 * C + c]));
+}
+
 }  // namespace
 
 template <typename T>
 void batch_norm_relu_forward(const T* x, index_t M, index_t C, const T* gamma, const T* beta, double eps, T* y,
-                             T* mean, T* var, double* ws, stream_t stream) {
+                             T* mean, T* var, double* ws, stream_t stream, const norm::Pool2* pool) {
   if (M * C == 0) return;
   check_cuda(cudaMemsetAsync(ws, 0, sizeof(double) * 2 * C, stream), "batch_norm_relu_forward");
   const dim3 sblock(kCh, kRows), sgrid(static_cast<unsigned>((C + kCh - 1) / kCh), row_blocks(M));
@@ -152,32 +212,45 @@ void batch_norm_relu_forward(const T* x, index_t M, index_t C, const T* gamma, c
   check_launch("batch_norm_relu_forward (statistics)");
   forward_coef_kernel<T><<<blocks_for(C, kThreads), kThreads, 0, stream>>>(x, M, C, gamma, beta, eps, mean, var, ws);
   check_launch("batch_norm_relu_forward (coefficients)");
-  forward_apply_kernel<T><<<blocks_for(M * C, kThreads), kThreads, 0, stream>>>(x, M, C, ws + 2 * C, y);
+  if (pool == nullptr) {
+    forward_apply_kernel<T><<<blocks_for(M * C, kThreads), kThreads, 0, stream>>>(x, M, C, ws + 2 * C, y);
+  } else {
+    const index_t count = pool->N * (pool->H / 2) * (pool->W / 2) * C;
+    forward_pool_apply_kernel<T><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(x, *pool, C, ws + 2 * C, y);
+  }
   check_launch("batch_norm_relu_forward");
 }
 
 template <typename T>
 void batch_norm_relu_backward(const T* dy, const T* x, index_t M, index_t C, const T* gamma, const T* beta,
                               const T* mean, const T* var, double eps, T* dx, T* dgamma, T* dbeta, double* ws,
-                              stream_t stream) {
+                              stream_t stream, const norm::Pool2* pool) {
   if (M * C == 0) return;
   backward_coef_kernel<T><<<blocks_for(C, kThreads), kThreads, 0, stream>>>(C, gamma, beta, mean, var, eps, ws);
   check_launch("batch_norm_relu_backward (coefficients)");
-  const dim3 sblock(kCh, kRows), sgrid(static_cast<unsigned>((C + kCh - 1) / kCh), row_blocks(M));
-  backward_sums_kernel<T><<<sgrid, sblock, 0, stream>>>(dy, x, M, C, mean, ws);
+  const index_t rows = pool ? pool->N * (pool->H / 2) * (pool->W / 2) : M;  // rows of dy
+  const dim3 sblock(kCh, kRows), sgrid(static_cast<unsigned>((C + kCh - 1) / kCh), row_blocks(rows));
+  if (pool == nullptr)
+    backward_sums_kernel<T><<<sgrid, sblock, 0, stream>>>(dy, x, M, C, mean, ws);
+  else
+    backward_pool_sums_kernel<T><<<sgrid, sblock, 0, stream>>>(dy, x, *pool, C, mean, ws);
   check_launch("batch_norm_relu_backward (sums)");
   backward_finish_kernel<T><<<blocks_for(C, kThreads), kThreads, 0, stream>>>(M, C, dgamma, dbeta, ws);
   check_launch("batch_norm_relu_backward (parameter gradients)");
   if (dx == nullptr) return;
-  backward_apply_kernel<T><<<blocks_for(M * C, kThreads), kThreads, 0, stream>>>(dy, x, M, C, mean, ws, dx);
+  if (pool == nullptr)
+    backward_apply_kernel<T><<<blocks_for(M * C, kThreads), kThreads, 0, stream>>>(dy, x, M, C, mean, ws, dx);
+  else
+    backward_pool_apply_kernel<T><<<blocks_for(M * C, kThreads), kThreads, 0, stream>>>(dy, x, *pool, C, mean, ws, dx);
   check_launch("batch_norm_relu_backward");
 }
 
 #define ORBITCORE_INSTANTIATE(T)                                                                          \
   template void batch_norm_relu_forward<T>(const T*, index_t, index_t, const T*, const T*, double, T*, T*, \
-                                           T*, double*, stream_t);                                        \
+                                           T*, double*, stream_t, const norm::Pool2*);                    \
   template void batch_norm_relu_backward<T>(const T*, const T*, index_t, index_t, const T*, const T*,      \
-                                            const T*, const T*, double, T*, T*, T*, double*, stream_t);
+                                            const T*, const T*, double, T*, T*, T*, double*, stream_t,     \
+                                            const norm::Pool2*);
 ORBITCORE_INSTANTIATE(float)
 ORBITCORE_INSTANTIATE(double)
 #undef ORBITCORE_INSTANTIATE
