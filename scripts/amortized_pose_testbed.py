@@ -79,6 +79,8 @@ def main():
     ap.add_argument("--w0", type=float, default=30.0, help="FourierNet SIREN frequency ω₀")
     ap.add_argument("--fourier-hidden", type=int, default=64, help="FourierNet SIREN width")
     ap.add_argument("--heads", type=int, default=1)
+    ap.add_argument("--phase-flip", action="store_true",
+                    help="encoder_input='phase_flipped' (the encoder sees CTF-sign-flipped images; needs --ctf)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--tag", default="")
@@ -89,7 +91,8 @@ def main():
           "whiten_rotation": bool(args.whiten),
           "channels": tuple(args.channels), "hidden": tuple(args.hidden), "filters": args.filters,
           "rotation": args.rotation, "pose_heads": args.heads, "seed": args.seed,
-          "fourier_hidden": args.fourier_hidden, "w0": args.w0}
+          "fourier_hidden": args.fourier_hidden, "w0": args.w0,
+          "encoder_input": "phase_flipped" if args.phase_flip else "raw"}
     tc = {"steps": args.steps, "batch_size": args.batch, "num_workers": 0, "use_ctf": args.ctf, "lr": args.lr,
           "decoder_lr": args.decoder_lr, "checkpoint_every": 0, "log_every": 10, "seed": args.seed,
           "radius_start": args.radius_start, "radius_hold": args.hold, "radius_ramp": args.ramp}
@@ -119,9 +122,12 @@ def main():
         import copy  # noqa: PLC0415
 
         m = copy.deepcopy(t.model).train()
+        def ctf_of(rows):
+            return t.stack.ctf[torch.tensor(rows)].evaluate(args.n, dtype=torch.float64).float() if args.ctf else None
+
         with torch.no_grad():
-            Rb = torch.cat([m(t.stack.images(list(range(s, min(s + 256, len(t.stack))))).float()).rotations
-                            for s in range(0, len(t.stack), 256)])
+            Rb = torch.cat([m(t.stack.images(rows).float(), ctf_of(rows)).rotations
+                            for rows in (list(range(s, min(s + 256, len(t.stack)))) for s in range(0, len(t.stack), 256))])
         pb = oc.metrics.pose_errors(Rb, t.stack.rotations)
         e["batchstat_median_deg"] = pb.rotation_median_angle
         e["batchstat_frac_below_10deg"] = float((pb.per_image_angle < 10).float().mean())

@@ -213,6 +213,43 @@ def test_encoder_size_crops_for_the_encoder_only():
     assert model.decode(R, t).shape == (3, 32, 32)
 
 
+def test_phase_flipped_encoder_input():
+    """encoder_input='phase_flipped': the encoder sees F⁻¹[sign(CTF) F Y], computed here by hand
+    with numpy; the decoder and the loss are those of the raw images."""
+    import numpy as np
+
+    g = _gen(3)
+    n, B = 16, 3
+    images = torch.randn(B, n, n, generator=g, dtype=torch.float64)
+    ctf = CTFParams.create(torch.tensor([8000.0, 15000.0, 25000.0]), pixel_size=3.0).evaluate(n, dtype=torch.float64)
+    raw = AmortizedModel.create(n, channels=(4, 8), hidden=(8,), symmetric=False).double()
+    flip = AmortizedModel.create(n, channels=(4, 8), hidden=(8,), symmetric=False,
+                                 encoder_input="phase_flipped").double()
+    flip.load_state_dict(raw.state_dict())
+    raw.eval()
+    flip.eval()
+    # by hand: centred FFT, multiply by the CTF's sign, inverse
+    F = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(images.numpy(), axes=(-2, -1))), axes=(-2, -1))
+    x = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(F * np.sign(ctf.numpy()), axes=(-2, -1))), axes=(-2, -1))
+    assert np.abs(x.imag).max() < 1e-12  # the CTF is centrosymmetric: a real image
+    R_want, t_want = raw.encode(torch.from_numpy(x.real))
+    R_got, t_got = flip.encode(images, ctf)
+    torch.testing.assert_close(R_got, R_want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(t_got, t_want, rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(R_got, raw.encode(images)[0])  # the flip changes what the encoder sees
+    # the loss models the raw images: with the poses the flipped encoder gives, the same decoder loss
+    out = flip(images, ctf)
+    want = fourier_l2(oc.fourier.fft2c(images), raw.decode(R_want, t_want, ctf), raw.mask)
+    torch.testing.assert_close(out.per_image, want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"AmortizedModel.encode: encoder_input='phase_flipped' needs the images' CTF"):
+        flip(images)
+    with pytest.raises(ValueError, match=r"ModelConfig: encoder_input must be one of \['raw', 'phase_flipped'\]"):
+        ModelConfig(n=16, encoder_input="wiener")
+    # the symmetric model flips both copies with the same (centrosymmetric) CTF
+    sym = AmortizedModel.create(n, channels=(4, 8), hidden=(8,), encoder_input="phase_flipped").double().eval()
+    assert torch.isfinite(sym(images, ctf).loss)
+
+
 def test_form_images_order_of_operations():
     S = torch.randn(2, 8, 8, dtype=torch.complex128, generator=_gen(15))
     C = torch.rand(2, 8, 8, dtype=torch.float64, generator=_gen(16))

@@ -168,6 +168,18 @@ def test_bad_inputs_give_clear_errors(tiny, tmp_path):
     starfile.write({"optics": blocks["optics"], "particles": parts}, tmp_path / "noctf.star")
     with pytest.raises(ValueError, match="Trainer: .*noctf.star: the particle file has no CTF parameters"):
         Trainer(tmp_path / "noctf.star", SMALL, {"num_workers": 0}, verbose=False)
+    # a phase-flipping encoder needs the CTF: in training, in evaluation and in recalibration
+    with pytest.raises(ValueError, match="Trainer: encoder_input='phase_flipped' .* needs use_ctf=True"):
+        Trainer(d / "p.star", {**SMALL, "encoder_input": "phase_flipped"}, {"num_workers": 0, "use_ctf": False},
+                verbose=False)
+    from orbitcore.amortized import predict_poses, recalibrate_statistics
+    from orbitcore.io import ParticleStack
+
+    pf = AmortizedModel.create(16, encoder_input="phase_flipped", **SMALL)
+    with pytest.raises(ValueError, match="predict_poses: .*phase-flipped .* needs use_ctf=True"):
+        predict_poses(pf, ParticleStack(d / "p.star"), use_ctf=False)
+    with pytest.raises(ValueError, match="recalibrate_statistics: .*phase-flipped.* no CTF parameters"):
+        recalibrate_statistics(pf, ParticleStack(tmp_path / "noctf.star"))
     # without origins, shifts='known' cannot work
     parts2 = blocks["particles"].drop(columns=["rlnOriginXAngst", "rlnOriginYAngst"])
     starfile.write({"optics": blocks["optics"], "particles": parts2}, tmp_path / "noorigin.star")
@@ -274,3 +286,17 @@ def test_history_and_progress(tiny, tmp_path):
     assert [h["step"] for h in hist] == [2, 4]
     assert all(h["images_per_s"] > 0 and np.isfinite(h["loss"]) for h in hist)
     assert pathlib.Path(tmp_path / "checkpoint.pt").is_file()
+
+
+def test_phase_flipped_encoder_trains_and_evaluates(tiny):
+    """The CTF reaches the encoder everywhere it runs: the training step, the recalibration pass
+    and the evaluation (each would raise without it)."""
+    from orbitcore.amortized import predict_poses
+
+    d, _ = tiny
+    tr = Trainer(d / "p.star", {**SMALL, "encoder_input": "phase_flipped"},
+                 {"steps": 3, "batch_size": 8, "num_workers": 0}, verbose=False)
+    tr.fit()
+    assert tr.step == 3 and tr.history and all(np.isfinite(h["loss"]) for h in tr.history)
+    pred = predict_poses(tr.model, tr.stack, batch_size=16, recalibrate=True)
+    assert pred["rotations"].shape == (len(tr.stack), 3, 3) and torch.isfinite(pred["loss"]).all()

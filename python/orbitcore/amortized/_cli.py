@@ -116,7 +116,8 @@ def run_train(args) -> int:
 
         stack = ParticleStack(args.particles, data_dir=args.data_dir, size=args.size, normalize="rms")
         mc = ModelConfig(n=stack.size, decoder=args.decoder, symmetric=args.loss == "symmetric", shifts=args.shifts,
-                         encoder_size=args.encoder_size, rotation=args.rotation, channels=tuple(args.channels),
+                         encoder_size=args.encoder_size, encoder_input=args.encoder_input, rotation=args.rotation,
+                         channels=tuple(args.channels),
                          max_shift=args.max_shift, pad=args.pad, fourier_hidden=args.fourier_hidden,
                          pose_heads=args.pose_heads, whiten_rotation=not args.no_whiten, seed=args.seed)
         bpe = max(1, len(stack) // min(args.batch_size, len(stack)))
@@ -248,6 +249,9 @@ def register(sub) -> None:
                    help="rotation output of the encoder (default s2s2, fastest to converge)")
     m.add_argument("--encoder-size", type=int, default=None,
                    help="the encoder sees images Fourier-cropped to this size (default: full size)")
+    m.add_argument("--encoder-input", choices=["raw", "phase_flipped"], default="raw",
+                   help="what the encoder sees: the raw images (default, as the papers) or the images "
+                        "phase-flipped by the sign of their CTF (the decoder still models the raw images)")
     m.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128],
                    help="encoder convolution channels per block (default 16 32 64 128)")
     m.add_argument("--pose-heads", type=int, default=1,

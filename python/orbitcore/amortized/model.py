@@ -53,6 +53,7 @@ __all__ = ["ModelConfig", "VoxelDecoder", "FourierNetDecoder", "AmortizedModel",
 
 DECODERS = ("voxel", "fouriernet")
 SHIFT_MODES = ("predict", "known", "none")
+ENCODER_INPUTS = ("raw", "phase_flipped")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,6 +195,13 @@ class ModelConfig:
         radius: disk of the loss and of the slices, Fourier pixels (default ``n // 2 - 1``).
         encoder_size: the encoder sees images Fourier-cropped to this side (default ``n``);
             a cheaper encoder, the decoder keeps full resolution.
+        encoder_input: ``"raw"`` (default, the papers' encoder: the particle images as given)
+            or ``"phase_flipped"``: the encoder sees each image with the sign of its CTF applied
+            in Fourier space, ``F⁻¹[sign(CTF) · F Y]`` (phase flipping, the usual CTF
+            pre-correction of 2-D classification), so that particles imaged at different
+            defoci show the same contrast. Only the encoder's input changes: the decoder and
+            the loss still model the raw images with their CTF (eq. 8). Needs the CTF wherever
+            the encoder runs (training with ``use_ctf``, evaluation, recalibration).
         rotation: encoder rotation head, ``"s2s2"`` (default), ``"quaternion"`` or ``"euler"``.
         channels, filters, hidden, batch_norm: encoder architecture (:class:`orbitcore.nn.PoseEncoder`).
         whiten_rotation: standardise the encoder's raw rotation output across the batch, a
@@ -217,6 +225,7 @@ class ModelConfig:
     shifts: str = "predict"
     radius: float | None = None
     encoder_size: int | None = None
+    encoder_input: str = "raw"
     rotation: str = "s2s2"
     channels: tuple = (16, 32, 64, 128)
     filters: int = 5
@@ -241,6 +250,8 @@ class ModelConfig:
             fail(fn, f"decoder must be one of {list(DECODERS)}, got {self.decoder!r}")
         if self.shifts not in SHIFT_MODES:
             fail(fn, f"shifts must be one of {list(SHIFT_MODES)}, got {self.shifts!r}")
+        if self.encoder_input not in ENCODER_INPUTS:
+            fail(fn, f"encoder_input must be one of {list(ENCODER_INPUTS)}, got {self.encoder_input!r}")
         if self.rotation not in ROTATION_HEADS:
             fail(fn, f"rotation must be one of {sorted(ROTATION_HEADS)}, got {self.rotation!r}")
         if not isinstance(self.symmetric, bool):
@@ -367,9 +378,19 @@ class AmortizedModel(nn.Module):
         return self.decoder.parameters()
 
     # ------------------------------------------------------------------ the two halves
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``E_ξ``: real images ``(B, n, n)`` → rotations ``(B, 3, 3)``, shifts ``(B, 2)`` pixels."""
+    def encode(self, images: torch.Tensor, ctf: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E_ξ``: real images ``(B, n, n)`` → rotations ``(B, 3, 3)``, shifts ``(B, 2)`` pixels.
+        ``ctf`` ``(B, n, n)``: the images' CTF values, needed (only) with
+        ``encoder_input="phase_flipped"``."""
         x = images
+        if self.config.encoder_input == "phase_flipped":
+            fn = "AmortizedModel.encode"
+            if ctf is None:
+                fail(fn, "encoder_input='phase_flipped' needs the images' CTF (ctf=CTFParams.evaluate(...)); "
+                         "train and evaluate with the CTF (use_ctf=True)")
+            if tuple(ctf.shape) != tuple(images.shape) or ctf.is_complex():
+                fail(fn, f"ctf must be real CTF values {tuple(images.shape)}, got {ctf.dtype} {tuple(ctf.shape)}")
+            x = fourier.ifft2c(fourier.fft2c(x) * torch.sign(ctf).to(x.dtype)).real  # phase flipping
         if self.config.encoder_size != self.n:
             x = fourier.downsample(x, self.config.encoder_size)
         return self.encoder(x)
@@ -433,7 +454,7 @@ class AmortizedModel(nn.Module):
                 shifts = torch.cat((shifts, -shifts))           # R_π moves content by -t
         else:
             x = images
-        R, t = self.encode(x)                                   # (R_i, t_i) = E_ξ(Y_i)
+        R, t = self.encode(x, ctf)                              # (R_i, t_i) = E_ξ(Y_i)
         if c.shifts == "known":
             t = shifts.to(R.dtype)
         elif c.shifts == "none":
