@@ -23,25 +23,40 @@ def _inputs(gen, shape, dtype, offset=0.0, scale=1.0):
     return x, w, b
 
 
-def _check_against_reference(x, w, b, eps, tol):
-    """Forward, gradients (x, weight, bias) and running statistics against the float64 definition."""
+def _reference(x, w, b, eps, pool):
+    """The float64 definition, then max_pool2d when ``pool`` (max_pool2d routes the gradient to
+    each window's first maximum, the rule the fused kernel must follow)."""
+    y, mean, var = ref.batch_norm_relu(x, w, b, eps)
+    return (torch.nn.functional.max_pool2d(y, 2) if pool else y), mean, var
+
+
+def _check_against_reference(x, w, b, eps, tol, pool=False):
+    """Forward, gradients (x, weight, bias) and running statistics against the float64 definition
+    (with ``pool``: of ``batch_norm_relu_max_pool2d``)."""
     C = x.shape[1]
     rm, rv = torch.randn(C, dtype=x.dtype), 1 + torch.rand(C, dtype=x.dtype)
     rm0, rv0 = rm.clone(), rv.clone()
     xs, ws, bs = (t.detach().clone().requires_grad_() for t in (x, w, b))
-    y = batch_norm_relu(xs, rm, rv, ws, bs, True, 0.3, eps)
+    y = (batch_norm_relu_max_pool2d if pool else batch_norm_relu)(xs, rm, rv, ws, bs, True, 0.3, eps)
     xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
-    yr, mean, var = ref.batch_norm_relu(xr, wr, br, eps)
-    assert y.shape == x.shape and y.dtype == x.dtype
+    yr, mean, var = _reference(xr, wr, br, eps, pool)
+    assert y.shape == yr.shape and y.dtype == x.dtype
+    if pool:
+        assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y.double(), yr, rtol=tol, atol=tol)
-    g = torch.randn(x.shape, dtype=torch.float64)
+    g = torch.randn(yr.shape, dtype=torch.float64)
     got = torch.autograd.grad(y, (xs, ws, bs), g.to(x.dtype))
     want = torch.autograd.grad(yr, (xr, wr, br), g)
-    for a, e in zip(got, want):
-        torch.testing.assert_close(a.double(), e, rtol=tol, atol=tol * float(e.abs().max() + 1))
+    for name, u, e in zip(("x", "weight", "bias"), got, want):
+        torch.testing.assert_close(u.double(), e, rtol=tol, atol=tol * float(e.abs().max() + 1),
+                                   msg=lambda m, name=name: f"grad {name}: {m}")
     M = x.numel() // C
     torch.testing.assert_close(rm.double(), 0.7 * rm0.double() + 0.3 * mean, rtol=tol, atol=tol)
     torch.testing.assert_close(rv.double(), 0.7 * rv0.double() + 0.3 * var * M / (M - 1), rtol=tol, atol=tol)
+
+
+def _check_pooled(x, w, b, eps, tol):
+    _check_against_reference(x, w, b, eps, tol, pool=True)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
@@ -87,14 +102,15 @@ def test_double_backward_raises_clearly(gen):
         gx.sum().backward()
 
 
-def test_torch_compile_fullgraph(gen):
+@pytest.mark.parametrize("op", [batch_norm_relu, batch_norm_relu_max_pool2d])
+def test_torch_compile_fullgraph(gen, op):
     torch._dynamo.reset()
     x, w, b = _inputs(gen, (4, 3, 6, 6), torch.float32)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     w.requires_grad_()
 
     def loss_fn(x, w):
-        return batch_norm_relu(x, None, None, w, b, True).square().sum()
+        return op(x, None, None, w, b, True).square().sum()
 
     compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
     l_c = compiled(x, w)
@@ -122,15 +138,16 @@ def test_evaluation_mode_is_the_plain_pair(gen):
     torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
 
 
-def test_threads_give_the_same_result(gen):
-    x, w, b = _inputs(gen, (32, 16, 16, 16), torch.float64)  # above the parallel threshold
+@pytest.mark.parametrize("op", [batch_norm_relu, batch_norm_relu_max_pool2d])
+def test_threads_give_the_same_result(gen, op):
+    x, w, b = _inputs(gen, (32, 16, 17, 16), torch.float64)  # above the parallel threshold; odd H
     n0 = torch.get_num_threads()
     out = []
     try:
         for nt in (1, 2, 3):
             torch.set_num_threads(nt)
             xs = x.clone().requires_grad_()
-            y = batch_norm_relu(xs, None, None, w, b, True)
+            y = op(xs, None, None, w, b, True)
             (gx,) = torch.autograd.grad(y, xs, torch.ones_like(y))
             out.append((y, gx))
     finally:
@@ -176,15 +193,18 @@ def test_double_conv_fused_equals_layer_by_layer(gen, momentum):
     torch.testing.assert_close(a(x), b.forward_unfused(x), rtol=1e-12, atol=1e-12)
 
 
-def test_fuzz_shapes_against_definition(gen):
-    rng = np.random.default_rng(11)
+@pytest.mark.parametrize("pool", [False, True])
+def test_fuzz_shapes_against_definition(gen, pool):
+    rng = np.random.default_rng(12 if pool else 11)
     for _ in range(12):
-        shape = (int(rng.integers(1, 5)), int(rng.integers(1, 40)), int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+        lo = 2 if pool else 1  # pooling needs H, W >= 2
+        shape = (int(rng.integers(1, 5)), int(rng.integers(1, 40)), int(rng.integers(lo, 9)), int(rng.integers(lo, 9)))
         if shape[0] * shape[2] * shape[3] < 2:
             continue
         x, w, b = _inputs(gen, shape, torch.float64, offset=float(rng.normal()), scale=float(rng.uniform(0.1, 3)))
-        _check_against_reference(x.contiguous(memory_format=torch.channels_last), w, b, float(rng.uniform(1e-6, 1e-2)),
-                                 1e-10)
+        if not pool or rng.random() < 0.5:
+            x = x.contiguous(memory_format=torch.channels_last)
+        _check_against_reference(x, w, b, float(rng.uniform(1e-6, 1e-2)), 1e-10, pool=pool)
 
 
 def test_bad_inputs_are_named():
@@ -225,35 +245,6 @@ def test_binding_checks_its_arguments():
 # ----------------------------------------------------------------------------------------------
 # batch norm + ReLU + 2×2 max pooling
 # ----------------------------------------------------------------------------------------------
-def _pooled_reference(x, w, b, eps):
-    """max_pool2d of the float64 definition: max_pool2d routes the gradient to each window's
-    first maximum, the rule the fused kernel must follow."""
-    y, mean, var = ref.batch_norm_relu(x, w, b, eps)
-    return torch.nn.functional.max_pool2d(y, 2), mean, var
-
-
-def _check_pooled(x, w, b, eps, tol):
-    C = x.shape[1]
-    rm, rv = torch.randn(C, dtype=x.dtype), 1 + torch.rand(C, dtype=x.dtype)
-    rm0, rv0 = rm.clone(), rv.clone()
-    xs, ws, bs = (t.detach().clone().requires_grad_() for t in (x, w, b))
-    y = batch_norm_relu_max_pool2d(xs, rm, rv, ws, bs, True, 0.3, eps)
-    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
-    yr, mean, var = _pooled_reference(xr, wr, br, eps)
-    assert y.shape == yr.shape and y.dtype == x.dtype
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y.double(), yr, rtol=tol, atol=tol)
-    g = torch.randn(yr.shape, dtype=torch.float64)
-    got = torch.autograd.grad(y, (xs, ws, bs), g.to(x.dtype))
-    want = torch.autograd.grad(yr, (xr, wr, br), g)
-    for name, a, e in zip(("x", "weight", "bias"), got, want):
-        torch.testing.assert_close(a.double(), e, rtol=tol, atol=tol * float(e.abs().max() + 1),
-                                   msg=lambda m, name=name: f"grad {name}: {m}")
-    M = x.numel() // C
-    torch.testing.assert_close(rm.double(), 0.7 * rm0.double() + 0.3 * mean, rtol=tol, atol=tol)
-    torch.testing.assert_close(rv.double(), 0.7 * rv0.double() + 0.3 * var * M / (M - 1), rtol=tol, atol=tol)
-
-
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 def test_pooled_matches_definition(gen, dtype, tol):
     for shape in ((6, 5, 8, 10), (3, 4, 7, 5), (4, 16, 2, 3)):  # even, odd (dropped edges), one window
@@ -291,59 +282,12 @@ def test_pooled_gradcheck_and_opcheck(gen):
                           (torch.randn_like(y), xl, w, b, mean, var, 1e-5))
 
 
-def test_pooled_torch_compile_fullgraph(gen):
-    torch._dynamo.reset()
-    x, w, b = _inputs(gen, (4, 3, 6, 6), torch.float32)
-    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
-    w.requires_grad_()
-
-    def loss_fn(x, w):
-        return batch_norm_relu_max_pool2d(x, None, None, w, b, True).square().sum()
-
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
-    l_c = compiled(x, w)
-    g_c = torch.autograd.grad(l_c, (x, w))
-    l_e = loss_fn(x, w)
-    g_e = torch.autograd.grad(l_e, (x, w))
-    torch.testing.assert_close(l_c, l_e)
-    for u, v in zip(g_c, g_e):
-        torch.testing.assert_close(u, v)
-
-
-def test_pooled_threads_give_the_same_result(gen):
-    x, w, b = _inputs(gen, (32, 16, 17, 16), torch.float64)  # above the parallel threshold; odd H
-    n0 = torch.get_num_threads()
-    out = []
-    try:
-        for nt in (1, 2, 3):
-            torch.set_num_threads(nt)
-            xs = x.clone().requires_grad_()
-            y = batch_norm_relu_max_pool2d(xs, None, None, w, b, True)
-            (gx,) = torch.autograd.grad(y, xs, torch.ones_like(y))
-            out.append((y, gx))
-    finally:
-        torch.set_num_threads(n0)
-    for y, gx in out[1:]:
-        torch.testing.assert_close(y, out[0][0], rtol=1e-13, atol=1e-13)
-        torch.testing.assert_close(gx, out[0][1], rtol=1e-11, atol=1e-11)
-
-
 def test_pooled_evaluation_mode_is_the_plain_triple(gen):
     x, w, b = _inputs(gen, (5, 3, 6, 7), torch.float64)
     rm, rv = torch.randn(3, dtype=torch.float64), 1 + torch.rand(3, dtype=torch.float64)
     y = batch_norm_relu_max_pool2d(x, rm, rv, w, b, False)
     want = torch.nn.functional.max_pool2d(batch_norm_relu(x, rm, rv, w, b, False), 2)
     torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
-
-
-def test_pooled_fuzz_shapes_against_definition(gen):
-    rng = np.random.default_rng(12)
-    for _ in range(12):
-        shape = (int(rng.integers(1, 5)), int(rng.integers(1, 40)), int(rng.integers(2, 9)), int(rng.integers(2, 9)))
-        x, w, b = _inputs(gen, shape, torch.float64, offset=float(rng.normal()), scale=float(rng.uniform(0.1, 3)))
-        if rng.random() < 0.5:
-            x = x.contiguous(memory_format=torch.channels_last)
-        _check_pooled(x, w, b, float(rng.uniform(1e-6, 1e-2)), 1e-10)
 
 
 def test_pooled_bad_inputs_are_named():
@@ -405,31 +349,16 @@ def test_an_unknown_simd_level_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.cuda
-def test_cuda_matches_cpu(gen):
+@pytest.mark.parametrize("op", [batch_norm_relu, batch_norm_relu_max_pool2d])
+def test_cuda_matches_cpu(gen, op):
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
-        x, w, b = _inputs(gen, (8, 40, 9, 9), dtype, offset=1.0)
+        x, w, b = _inputs(gen, (8, 40, 9, 10), dtype, offset=1.0)  # odd H: a dropped row when pooling
         x = x.contiguous(memory_format=torch.channels_last)
         outs = []
         for dev in ("cpu", "cuda"):
             xs, ws, bs = (t.to(dev).requires_grad_() for t in (x, w, b))
             rm, rv = torch.zeros(40, dtype=dtype, device=dev), torch.ones(40, dtype=dtype, device=dev)
-            y = batch_norm_relu(xs, rm, rv, ws, bs, True)
-            g = torch.autograd.grad(y, (xs, ws, bs), torch.ones_like(y))
-            outs.append([t.cpu() for t in (y, *g, rm, rv)])
-        for u, v in zip(*outs):
-            torch.testing.assert_close(u, v, rtol=tol, atol=tol * 10)
-
-
-@pytest.mark.cuda
-def test_pooled_cuda_matches_cpu(gen):
-    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
-        x, w, b = _inputs(gen, (8, 40, 9, 10), dtype, offset=1.0)  # odd H: a dropped row
-        x = x.contiguous(memory_format=torch.channels_last)
-        outs = []
-        for dev in ("cpu", "cuda"):
-            xs, ws, bs = (t.to(dev).requires_grad_() for t in (x, w, b))
-            rm, rv = torch.zeros(40, dtype=dtype, device=dev), torch.ones(40, dtype=dtype, device=dev)
-            y = batch_norm_relu_max_pool2d(xs, rm, rv, ws, bs, True)
+            y = op(xs, rm, rv, ws, bs, True)
             g = torch.autograd.grad(y, (xs, ws, bs), torch.ones_like(y))
             outs.append([t.cpu() for t in (y, *g, rm, rv)])
         for u, v in zip(*outs):
