@@ -28,7 +28,7 @@ __all__ = ["batch_norm_relu", "batch_norm_relu_max_pool2d"]
 
 
 def _workspace(x: Tensor) -> Tensor | None:
-    return x.new_empty((8 * x.shape[1],), dtype=torch.float64) if x.device.type == "cuda" else None
+    return x.new_empty((8 * x.shape[-1],), dtype=torch.float64) if x.device.type == "cuda" else None  # 8 C
 
 
 def _forward_impl(kernel, x: Tensor, weight: Tensor, bias: Tensor, eps: float, out_shape) -> tuple[Tensor, Tensor, Tensor]:
@@ -202,8 +202,9 @@ def batch_norm_relu_max_pool2d(x: Tensor, running_mean: Tensor | None, running_v
 
     The fused kernel writes only the pooled output and keeps no pooling indices: the backward
     recomputes each window's maximum from ``x`` and routes the gradient to its first maximum in
-    row-major order, as ``max_pool2d`` does (NaN inputs are not propagated the way ``max_pool2d``
-    propagates them).
+    row-major order, as ``max_pool2d`` does. (In a window whose two largest values agree to
+    rounding, the recomputed choice may be the other of the two; NaN inputs are not propagated
+    the way ``max_pool2d`` propagates them.)
 
     Args:
         x: activations ``(N, C, H, W)`` with ``H, W >= 2`` (float32 or float64; channels-last is
