@@ -629,3 +629,113 @@ def test_moments_from_star_file(shared_data):
     assert mom.count == 5 and mom.size == 33 and mom.pixel_size == pytest.approx(2.806 * 256 / 33, rel=1e-4)
     M1r, M2r = _reference_moments(np.asarray(imgs, dtype=np.float64), 33, ce.default_radius(33), 0.0)
     np.testing.assert_allclose(mom.M1.numpy(), M1r, rtol=0, atol=2e-5 * np.abs(M1r).max())
+
+
+# ------------------------------------------------------------------------------------------------
+# the neural ground truth (seeds/000 §5.2)
+# ------------------------------------------------------------------------------------------------
+def _eq27_identity(v: np.ndarray, u: np.ndarray) -> float:
+    """Eq. 27 at R = I, float64 numpy: ‖v − u‖_F / ‖v‖_F."""
+    v, u = np.asarray(v, np.float64), np.asarray(u, np.float64)
+    return float(np.sqrt(((v - u) ** 2).sum() / (v ** 2).sum()))
+
+
+def test_neural_ground_truth_approximates_a_smooth_volume():
+    """The FourierNet regression on the grid drives the eq. 27 error of two Gaussians (11³) far
+    below the initial network's; the reported error is the float64 one of the returned volume,
+    and the first entry of the curve is the initial network's."""
+    vol = _two_gaussians(11)
+    steps = 150
+    u, info = ce.neural_ground_truth(vol, steps=steps, hidden=64, seed=0)
+    assert u.shape == (11, 11, 11) and u.dtype == torch.float64 and not u.is_complex()
+    err = _eq27_identity(vol.numpy(), u.numpy())
+    assert info["relative_error"] == pytest.approx(err, rel=1e-9, abs=1e-12)
+    assert info["relative_error_start"] > 0.5
+    assert err < 0.02 and err < 0.05 * info["relative_error_start"]
+    assert info["steps_done"] == steps and len(info["loss"]) == steps
+    assert info["loss"][0] == pytest.approx(info["relative_error_start"])
+    # the curve is the float32 error of the network before each step: it ends near the final error
+    assert info["loss"][-1] == pytest.approx(err, rel=0.2, abs=2e-3)
+    # same seed, same volume (float32 input -> float32 output)
+    u2, _ = ce.neural_ground_truth(vol.float(), steps=5, hidden=16, seed=3)
+    u3, _ = ce.neural_ground_truth(vol.float().numpy(), steps=5, hidden=16, seed=3)
+    assert u2.dtype == torch.float32 and torch.equal(u2, u3)
+
+
+def test_neural_ground_truth_stops_at_the_target_error():
+    """``target_error`` (the paper's 0.043 for EMD-0409): the fit stops at the first network whose
+    error meets it, and that network is the one returned."""
+    vol = _two_gaussians(9)
+    u, info = ce.neural_ground_truth(vol, steps=400, hidden=32, target_error=0.1, seed=1)
+    assert info["steps_done"] < 400 and len(info["loss"]) == info["steps_done"] + 1
+    assert info["loss"][-1] <= 0.1 < info["loss"][-2]
+    err = _eq27_identity(vol.numpy(), u.numpy())
+    assert err == pytest.approx(info["loss"][-1], abs=1e-4) and err <= 0.1 + 1e-4
+    seen = []
+    ce.neural_ground_truth(vol, steps=3, hidden=8, progress=lambda s, e: seen.append((s, e)))
+    assert [s for s, _ in seen] == [0, 1, 2] and all(e > 0 for _, e in seen)
+
+
+def test_neural_ground_truth_validation():
+    vol = _two_gaussians(9)
+    with pytest.raises(ValueError, match="neural_ground_truth: volume must be a real cube"):
+        ce.neural_ground_truth(torch.zeros(9, 9, 8), steps=1)
+    with pytest.raises(ValueError, match="neural_ground_truth: volume must be a real cube"):
+        ce.neural_ground_truth(vol.to(torch.complex128), steps=1)
+    with pytest.raises(ValueError, match="neural_ground_truth: volume must be a real cube"):
+        ce.neural_ground_truth(vol[0], steps=1)
+    with pytest.raises(ValueError, match="neural_ground_truth: volume is zero"):
+        ce.neural_ground_truth(torch.zeros(9, 9, 9), steps=1)
+    bad = vol.clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="neural_ground_truth: volume must be finite"):
+        ce.neural_ground_truth(bad, steps=1)
+    with pytest.raises(ValueError, match="neural_ground_truth: steps must be >= 1"):
+        ce.neural_ground_truth(vol, steps=0)
+    with pytest.raises(ValueError, match="neural_ground_truth: lr must be > 0"):
+        ce.neural_ground_truth(vol, steps=1, lr=-1e-3)
+    with pytest.raises(TypeError, match="neural_ground_truth: hidden must be an integer"):
+        ce.neural_ground_truth(vol, steps=1, hidden=2.5)
+    with pytest.raises(ValueError, match="neural_ground_truth: target_error must be >= 0"):
+        ce.neural_ground_truth(vol, steps=1, target_error=-0.1)
+    with pytest.raises(ValueError, match="neural_ground_truth: dtype"):
+        ce.neural_ground_truth(vol, steps=1, dtype="float16")
+    with pytest.raises(TypeError, match="neural_ground_truth: progress"):
+        ce.neural_ground_truth(vol, steps=1, progress="yes")
+    with pytest.raises(TypeError, match="neural_ground_truth: volume must be"):
+        ce.neural_ground_truth("map.mrc", steps=1)
+
+
+def test_cli_mom_cryoem_neural_truth(tmp_path, capsys):
+    """``--neural-truth STEPS``: the simulation and the FSC use the network's volume; summary.json
+    records its eq. 27 error against the (cropped, unit-norm) map; moments simulated from
+    another truth are not reused silently."""
+    from orbitcore import cli
+    from orbitcore.io import read_mrc
+    from orbitcore.physics import volumes
+
+    out = tmp_path / "nt"
+    args = ["mom-cryoem", "--simulate", "gaussians", "--volume-size", "9", "--n-images", "200", "--vmf", "4",
+            "--model", "voxel", "--steps", "2", "--n-directions", "12", "--n-inplane", "4", "--hidden", "16",
+            "--out", str(out), "--quiet", "--no-plots"]
+    assert cli.main(args + ["--neural-truth", "20"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    nt = s["neural_truth"]
+    assert nt["steps_done"] == 20 and len(nt["loss"]) == 20 and nt["hidden"] == 16
+    assert s["data"]["meta"]["neural_truth"] == nt["settings"]
+    # the recorded error is the one of the library function on the same map (deterministic)
+    v = volumes.four_gaussians(9).to(torch.float64)
+    v = v / v.norm()
+    u, info = ce.neural_ground_truth(v, steps=20, hidden=16, seed=0)
+    assert nt["relative_error"] == pytest.approx(_eq27_identity(v.numpy(), u.numpy()), rel=1e-6)
+    assert 0 < nt["fsc_map_vs_neural_min"] <= 1 and nt["correlation_map_vs_neural"] > 0
+    # the same moments without the flag: refused
+    assert cli.main(args) == 1
+    assert "neural truth" in capsys.readouterr().err
+    # without the flag (fresh directory) there is no record and the truth is the map
+    assert cli.main(args[:-3] + [str(tmp_path / "map"), "--quiet", "--no-plots"]) == 0
+    assert "neural_truth" not in json.loads((tmp_path / "map" / "summary.json").read_text())
+    assert cli.main(["mom-cryoem", "--particles", str(tmp_path / "x.mrcs"), "--neural-truth", "5",
+                     "--out", str(tmp_path / "p"), "--quiet"]) == 1
+    assert "--neural-truth needs --simulate" in capsys.readouterr().err
+    assert read_mrc(out / "volume.mrc")[0].shape == (9, 9, 9)

@@ -13,6 +13,9 @@ examples:
   # a built-in phantom (four Gaussians), voxel baseline
   orbitcore mom-cryoem --simulate gaussians --volume-size 25 --n-images 50000 --vmf 8 \\
       --model voxel --steps 1500 --out runs/g4
+  # the paper's protocol: the truth is the map's FourierNet fit (stopped at the paper's 0.043)
+  orbitcore mom-cryoem --simulate map.mrc --volume-size 17 --neural-truth 2000 \\
+      --neural-truth-target 0.043 --model voxel --steps 800 --out runs/nt
   # real particles (CTF-free, centred), noise variance estimated from the image corners
   orbitcore mom-cryoem --particles particles.star --size 33 --sigma2 corners --out runs/real
   # resume an interrupted run: the same command again (the checkpoint is in --out)
@@ -20,8 +23,8 @@ examples:
 Outputs in --out: volume.mrc (working size, working voxel size), density.npz (ρ on the
 quadrature), directions.png (density of viewing directions), loss.png, history.json,
 summary.json (settings, moment errors of eq. 22 and, with --truth, FSC resolutions after
-alignment with handedness), fsc.png with --truth, moments.pt (the data moments; reused by a
-rerun), checkpoint.pt.
+alignment with handedness; with --neural-truth, its eq. 27 error and FSC against the map),
+fsc.png with --truth, moments.pt (the data moments; reused by a rerun), checkpoint.pt.
 """
 from __future__ import annotations
 
@@ -60,6 +63,30 @@ def _load_volume(spec: str, size: int | None, pixel_size: float | None):
     return v, float(px)
 
 
+def _neural_truth(vol, px: float, args, verbose: bool):
+    """The paper's neural ground truth (seeds/000 §5.2): the map replaced by its FourierNet fit
+    (:func:`orbitcore.mom.cryoem.neural_ground_truth`, width ``--hidden``). Returns the volume
+    and the ``neural_truth`` record of summary.json (eq. 27 error, FSC map vs network)."""
+    from ..metrics import fsc  # noqa: PLC0415
+    from . import cryoem as ce  # noqa: PLC0415
+
+    settings = {"steps": args.neural_truth, "target_error": args.neural_truth_target, "lr": args.neural_truth_lr,
+                "hidden": args.hidden, "seed": args.seed}
+    vnn, info = ce.neural_ground_truth(vol, steps=args.neural_truth, lr=args.neural_truth_lr, hidden=args.hidden,
+                                       target_error=args.neural_truth_target, seed=args.seed, progress=verbose)
+    f = fsc(vol, vnn, px)
+    record = {k: v for k, v in info.items() if k != "loss"}
+    record.update({"settings": settings, "loss": info["loss"], "norm": float(vnn.norm()),
+                   "fsc_map_vs_neural_05_A": f.resolution_05, "fsc_map_vs_neural_0143_A": f.resolution_0143,
+                   "fsc_map_vs_neural_min": float(f.curve.min()), "fsc_map_vs_neural_curve": f.curve.tolist(),
+                   "correlation_map_vs_neural": float((vol * vnn).sum() / (vol.norm() * vnn.norm()))})
+    if verbose:
+        print(f"neural ground truth: {info['steps_done']} steps, {info['seconds']:.1f} s, relative error (eq. 27) "
+              f"{info['relative_error']:.4g}, min FSC map vs network {record['fsc_map_vs_neural_min']:.4f}",
+              file=sys.stderr)
+    return vnn, {"neural_truth": record}
+
+
 def run(args) -> int:
     import torch  # noqa: PLC0415
 
@@ -72,14 +99,24 @@ def run(args) -> int:
     mpath = out / "moments.pt"
     viewing = None
     truth = None
+    extra = None
+    if args.neural_truth and not args.simulate:
+        raise ValueError("--neural-truth needs --simulate (it replaces the simulated map)")
     if args.simulate:
         vol, px = _load_volume(args.simulate, args.volume_size, args.pixel_size)
         vol = vol / vol.norm()  # the paper scales the volume to unit norm (§5.2)
+        if args.neural_truth:
+            vol, extra = _neural_truth(vol, px, args, verbose)
         truth = vol
         gen = torch.Generator().manual_seed(args.seed)
         viewing = VonMisesFisherMixture.random(args.vmf, generator=gen) if args.vmf else "uniform"
     if mpath.is_file() and not args.recompute_moments:
         mom = ce.CryoEMMoments.load(mpath)
+        made = mom.meta.get("neural_truth")
+        wanted = extra["neural_truth"]["settings"] if extra else None
+        if args.simulate and made != wanted:
+            raise ValueError(f"{mpath} was simulated with neural truth {made}, this run asks for {wanted}; "
+                             "use another --out or --recompute-moments")
         if verbose:
             print(f"using the data moments in {mpath} (N = {mom.count}; --recompute-moments to redo)", file=sys.stderr)
     elif args.simulate:
@@ -87,6 +124,8 @@ def run(args) -> int:
                                   pixel_size=px, batch_size=args.batch_size, seed=args.seed, verbose=verbose)
         mom.meta["viewing"] = "uniform" if viewing == "uniform" else {
             "means": viewing.means.tolist(), "kappas": viewing.kappas.tolist(), "weights": viewing.weights.tolist()}
+        if extra:
+            mom.meta["neural_truth"] = extra["neural_truth"]["settings"]
         mom.save(mpath)
     else:
         s2 = args.sigma2
@@ -108,7 +147,7 @@ def run(args) -> int:
             tv, tpx = _load_volume(args.truth, None, None)
             truth = tv / tv.norm() if args.simulate else tv
         ev = ce.evaluate(res, truth, viewing=viewing if isinstance(viewing, VonMisesFisherMixture) else None)
-    summary = ce.write_outputs(res, out, evaluation=ev, plots=not args.no_plots)
+    summary = ce.write_outputs(res, out, evaluation=ev, plots=not args.no_plots, extra=extra)
     if verbose:
         line = {"moment_error_1": summary["moment_error_1"], "moment_error_2": summary["moment_error_2"]}
         if ev is not None:
@@ -142,6 +181,13 @@ def register(sub) -> None:
     sim.add_argument("--vmf", type=int, default=8, metavar="K",
                      help="viewing directions from a random mixture of K vMF (default 8; 0: uniform)")
     sim.add_argument("--sigma", type=float, default=0.0, help="noise std per pixel (paper: 0.5; default 0)")
+    sim.add_argument("--neural-truth", type=int, default=0, metavar="STEPS",
+                     help="the paper's neural ground truth: replace the (cropped, unit-norm) map by a FourierNet "
+                          "(width --hidden) fitted to it with STEPS Adam steps, for the simulation and the FSC "
+                          "(default 0: the map itself)")
+    sim.add_argument("--neural-truth-target", type=float, default=None, metavar="ERR",
+                     help="stop the neural-truth fit once its relative error (eq. 27) is <= ERR (paper: 0.043)")
+    sim.add_argument("--neural-truth-lr", type=float, default=1e-4, help="its Adam learning rate (default 1e-4)")
     fit = p.add_argument_group("model and fit")
     fit.add_argument("--model", choices=["fouriernet", "voxel"], default="fouriernet")
     fit.add_argument("--query", choices=["direct", "grid"], default="direct",
