@@ -213,8 +213,8 @@ def test_encoder_size_crops_for_the_encoder_only():
     assert model.decode(R, t).shape == (3, 32, 32)
 
 
-def test_phase_flipped_encoder_input():
-    """encoder_input='phase_flipped': the encoder sees F⁻¹[sign(CTF) F Y], computed here by hand
+def test_ctf_corrected_encoder_inputs():
+    """encoder_input="phase_flipped": the encoder sees F⁻¹[sign(CTF) F Y], "wiener": F⁻¹[CTF/(CTF²+ε) F Y], both computed by hand
     with numpy; the decoder and the loss are those of the raw images."""
     import numpy as np
 
@@ -243,8 +243,19 @@ def test_phase_flipped_encoder_input():
     torch.testing.assert_close(out.per_image, want, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match=r"AmortizedModel.encode: encoder_input='phase_flipped' needs the images' CTF"):
         flip(images)
-    with pytest.raises(ValueError, match=r"ModelConfig: encoder_input must be one of \['raw', 'phase_flipped'\]"):
-        ModelConfig(n=16, encoder_input="wiener")
+    with pytest.raises(ValueError, match=r"ModelConfig: encoder_input must be one of \['raw', 'phase_flipped', 'wiener'\]"):
+        ModelConfig(n=16, encoder_input="deconvolved")
+    with pytest.raises(ValueError, match=r"ModelConfig: wiener_eps must be > 0"):
+        ModelConfig(n=16, encoder_input="wiener", wiener_eps=0.0)
+    # the Wiener input: F⁻¹[CTF / (CTF² + ε) F Y], by hand
+    wien = AmortizedModel.create(n, channels=(4, 8), hidden=(8,), symmetric=False, encoder_input="wiener",
+                                 wiener_eps=0.2).double()
+    wien.load_state_dict(raw.state_dict())
+    wien.eval()
+    c = ctf.numpy()
+    xw = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(F * c / (c * c + 0.2), axes=(-2, -1))), axes=(-2, -1))
+    torch.testing.assert_close(wien.encode(images, ctf)[0], raw.encode(torch.from_numpy(xw.real))[0], rtol=1e-10,
+                               atol=1e-10)
     # the symmetric model flips both copies with the same (centrosymmetric) CTF
     sym = AmortizedModel.create(n, channels=(4, 8), hidden=(8,), encoder_input="phase_flipped").double().eval()
     assert torch.isfinite(sym(images, ctf).loss)

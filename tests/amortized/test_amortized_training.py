@@ -169,16 +169,16 @@ def test_bad_inputs_give_clear_errors(tiny, tmp_path):
     with pytest.raises(ValueError, match="Trainer: .*noctf.star: the particle file has no CTF parameters"):
         Trainer(tmp_path / "noctf.star", SMALL, {"num_workers": 0}, verbose=False)
     # a phase-flipping encoder needs the CTF: in training, in evaluation and in recalibration
-    with pytest.raises(ValueError, match="Trainer: encoder_input='phase_flipped' .* needs use_ctf=True"):
+    with pytest.raises(ValueError, match="Trainer: encoder_input='phase_flipped' corrects .* needs use_ctf=True"):
         Trainer(d / "p.star", {**SMALL, "encoder_input": "phase_flipped"}, {"num_workers": 0, "use_ctf": False},
                 verbose=False)
     from orbitcore.amortized import predict_poses, recalibrate_statistics
     from orbitcore.io import ParticleStack
 
     pf = AmortizedModel.create(16, encoder_input="phase_flipped", **SMALL)
-    with pytest.raises(ValueError, match="predict_poses: .*phase-flipped .* needs use_ctf=True"):
+    with pytest.raises(ValueError, match="predict_poses: .*CTF-corrected .* needs use_ctf=True"):
         predict_poses(pf, ParticleStack(d / "p.star"), use_ctf=False)
-    with pytest.raises(ValueError, match="recalibrate_statistics: .*phase-flipped.* no CTF parameters"):
+    with pytest.raises(ValueError, match="recalibrate_statistics: .*CTF-corrected.* no CTF parameters"):
         recalibrate_statistics(pf, ParticleStack(tmp_path / "noctf.star"))
     # without origins, shifts='known' cannot work
     parts2 = blocks["particles"].drop(columns=["rlnOriginXAngst", "rlnOriginYAngst"])

@@ -249,9 +249,10 @@ def register(sub) -> None:
                    help="rotation output of the encoder (default s2s2, fastest to converge)")
     m.add_argument("--encoder-size", type=int, default=None,
                    help="the encoder sees images Fourier-cropped to this size (default: full size)")
-    m.add_argument("--encoder-input", choices=["raw", "phase_flipped"], default="raw",
-                   help="what the encoder sees: the raw images (default, as the papers) or the images "
-                        "phase-flipped by the sign of their CTF (the decoder still models the raw images)")
+    m.add_argument("--encoder-input", choices=["raw", "phase_flipped", "wiener"], default="raw",
+                   help="what the encoder sees: the raw images (default, as the papers), the images "
+                        "phase-flipped by the sign of their CTF, or Wiener-filtered by it (CTF/(CTF^2+0.1)); "
+                        "the decoder still models the raw images")
     m.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128],
                    help="encoder convolution channels per block (default 16 32 64 128)")
     m.add_argument("--pose-heads", type=int, default=1,

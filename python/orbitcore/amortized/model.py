@@ -53,7 +53,7 @@ __all__ = ["ModelConfig", "VoxelDecoder", "FourierNetDecoder", "AmortizedModel",
 
 DECODERS = ("voxel", "fouriernet")
 SHIFT_MODES = ("predict", "known", "none")
-ENCODER_INPUTS = ("raw", "phase_flipped")
+ENCODER_INPUTS = ("raw", "phase_flipped", "wiener")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,9 +199,13 @@ class ModelConfig:
             or ``"phase_flipped"``: the encoder sees each image with the sign of its CTF applied
             in Fourier space, ``F⁻¹[sign(CTF) · F Y]`` (phase flipping, the usual CTF
             pre-correction of 2-D classification), so that particles imaged at different
-            defoci show the same contrast. Only the encoder's input changes: the decoder and
-            the loss still model the raw images with their CTF (eq. 8). Needs the CTF wherever
-            the encoder runs (training with ``use_ctf``, evaluation, recalibration).
+            defoci show the same contrast; or ``"wiener"``: ``F⁻¹[CTF / (CTF² + ε) · F Y]``
+            with ``ε = wiener_eps``, which also restores the amplitudes the CTF damps. Only the
+            encoder's input changes: the decoder and the loss still model the raw images with
+            their CTF (eq. 8). Both need the CTF wherever the encoder runs (training with
+            ``use_ctf``, evaluation, recalibration).
+        wiener_eps: ``ε > 0`` of the ``"wiener"`` encoder input (default 0.1: a gain of at
+            most ``1 / (2 √ε) ≈ 1.6`` at the CTF's zeros' flanks, none at the zeros).
         rotation: encoder rotation head, ``"s2s2"`` (default), ``"quaternion"`` or ``"euler"``.
         channels, filters, hidden, batch_norm: encoder architecture (:class:`orbitcore.nn.PoseEncoder`).
         whiten_rotation: standardise the encoder's raw rotation output across the batch, a
@@ -226,6 +230,7 @@ class ModelConfig:
     radius: float | None = None
     encoder_size: int | None = None
     encoder_input: str = "raw"
+    wiener_eps: float = 0.1
     rotation: str = "s2s2"
     channels: tuple = (16, 32, 64, 128)
     filters: int = 5
@@ -252,6 +257,7 @@ class ModelConfig:
             fail(fn, f"shifts must be one of {list(SHIFT_MODES)}, got {self.shifts!r}")
         if self.encoder_input not in ENCODER_INPUTS:
             fail(fn, f"encoder_input must be one of {list(ENCODER_INPUTS)}, got {self.encoder_input!r}")
+        self.wiener_eps = check_float(fn, "wiener_eps", self.wiener_eps, positive=True)
         if self.rotation not in ROTATION_HEADS:
             fail(fn, f"rotation must be one of {sorted(ROTATION_HEADS)}, got {self.rotation!r}")
         if not isinstance(self.symmetric, bool):
@@ -380,17 +386,20 @@ class AmortizedModel(nn.Module):
     # ------------------------------------------------------------------ the two halves
     def encode(self, images: torch.Tensor, ctf: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``E_ξ``: real images ``(B, n, n)`` → rotations ``(B, 3, 3)``, shifts ``(B, 2)`` pixels.
-        ``ctf`` ``(B, n, n)``: the images' CTF values, needed (only) with
-        ``encoder_input="phase_flipped"``."""
+        ``ctf`` ``(B, n, n)``: the images' CTF values, needed (only) with a CTF-corrected
+        ``encoder_input`` (``"phase_flipped"``, ``"wiener"``)."""
         x = images
-        if self.config.encoder_input == "phase_flipped":
+        mode = self.config.encoder_input
+        if mode != "raw":
             fn = "AmortizedModel.encode"
             if ctf is None:
-                fail(fn, "encoder_input='phase_flipped' needs the images' CTF (ctf=CTFParams.evaluate(...)); "
+                fail(fn, f"encoder_input={mode!r} needs the images' CTF (ctf=CTFParams.evaluate(...)); "
                          "train and evaluate with the CTF (use_ctf=True)")
             if tuple(ctf.shape) != tuple(images.shape) or ctf.is_complex():
                 fail(fn, f"ctf must be real CTF values {tuple(images.shape)}, got {ctf.dtype} {tuple(ctf.shape)}")
-            x = fourier.ifft2c(fourier.fft2c(x) * torch.sign(ctf).to(x.dtype)).real  # phase flipping
+            c = ctf.to(x.dtype)
+            filt = torch.sign(c) if mode == "phase_flipped" else c / (c * c + self.config.wiener_eps)
+            x = fourier.ifft2c(fourier.fft2c(x) * filt).real  # phase flipping / Wiener filter
         if self.config.encoder_size != self.n:
             x = fourier.downsample(x, self.config.encoder_size)
         return self.encoder(x)

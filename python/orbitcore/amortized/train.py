@@ -250,8 +250,8 @@ class Trainer:
             fail(fn, f"{stack.table.path}: the particle file has no CTF parameters (rlnDefocusU/V, rlnDefocusAngle, "
                      "rlnVoltage, rlnSphericalAberration, rlnAmplitudeContrast and a pixel size); train without "
                      "CTF (use_ctf=False, --no-ctf) if the images have none")
-        if mc.encoder_input == "phase_flipped" and not self.config.use_ctf:
-            fail(fn, "encoder_input='phase_flipped' flips each image by the sign of its CTF: it needs use_ctf=True")
+        if mc.encoder_input != "raw" and not self.config.use_ctf:
+            fail(fn, f"encoder_input={mc.encoder_input!r} corrects each image by its CTF: it needs use_ctf=True")
         if mc.shifts == "known" and stack.shifts is None:
             fail(fn, f"{stack.table.path}: shifts='known' needs rlnOriginX/Y(Angst) columns in the particle file")
         if self.config.radius_start is not None and self.config.radius_start > mc.radius:
@@ -526,10 +526,10 @@ def recalibrate_statistics(model: AmortizedModel, stack, *, batch_size: int = 25
         mod.reset_running_stats()
         mod.momentum = None  # cumulative average over the pass
     m.train()
-    flip = m.config.encoder_input == "phase_flipped"
+    flip = m.config.encoder_input != "raw"
     if flip and stack.ctf is None:
-        fail(fn, "the model's encoder reads phase-flipped images (encoder_input='phase_flipped'), but the "
-                 "particle file has no CTF parameters")
+        fail(fn, f"the model's encoder reads CTF-corrected images (encoder_input={m.config.encoder_input!r}), "
+                 "but the particle file has no CTF parameters")
     for rows, images in stack.batches(batch_size):
         if images.shape[0] < 2:
             continue
@@ -562,8 +562,8 @@ def predict_poses(model: AmortizedModel, stack, *, batch_size: int = 256, use_ct
         fail(fn, f"the stack's images are {stack.size}x{stack.size}, the model expects {model.n}x{model.n}")
     if use_ctf and stack.ctf is None:
         fail(fn, "use_ctf=True but the particle file has no CTF parameters")
-    if not use_ctf and model.config.encoder_input == "phase_flipped":
-        fail(fn, "the model's encoder reads phase-flipped images (encoder_input='phase_flipped'): it needs "
+    if not use_ctf and model.config.encoder_input != "raw":
+        fail(fn, f"the model's encoder reads CTF-corrected images (encoder_input={model.config.encoder_input!r}): it needs "
                  "use_ctf=True")
     if recalibrate:
         model = recalibrate_statistics(model, stack, batch_size=max(batch_size, 2))
