@@ -81,6 +81,7 @@ def main():
     ap.add_argument("--heads", type=int, default=1)
     ap.add_argument("--wiener", action="store_true",
                     help="encoder_input='wiener' (the encoder sees CTF-Wiener-filtered images; needs --ctf)")
+    ap.add_argument("--wiener-eps", type=float, default=0.1, help="ε of the Wiener encoder input")
     ap.add_argument("--phase-flip", action="store_true",
                     help="encoder_input='phase_flipped' (the encoder sees CTF-sign-flipped images; needs --ctf)")
     ap.add_argument("--seed", type=int, default=0)
@@ -94,7 +95,8 @@ def main():
           "channels": tuple(args.channels), "hidden": tuple(args.hidden), "filters": args.filters,
           "rotation": args.rotation, "pose_heads": args.heads, "seed": args.seed,
           "fourier_hidden": args.fourier_hidden, "w0": args.w0,
-          "encoder_input": "wiener" if args.wiener else ("phase_flipped" if args.phase_flip else "raw")}
+          "encoder_input": "wiener" if args.wiener else ("phase_flipped" if args.phase_flip else "raw"),
+          "wiener_eps": args.wiener_eps}
     tc = {"steps": args.steps, "batch_size": args.batch, "num_workers": 0, "use_ctf": args.ctf, "lr": args.lr,
           "decoder_lr": args.decoder_lr, "checkpoint_every": 0, "log_every": 10, "seed": args.seed,
           "radius_start": args.radius_start, "radius_hold": args.hold, "radius_ramp": args.ramp}
