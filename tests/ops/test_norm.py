@@ -23,13 +23,6 @@ def _inputs(gen, shape, dtype, offset=0.0, scale=1.0):
     return x, w, b
 
 
-def _reference(x, w, b, eps, pool):
-    """The float64 definition, then max_pool2d when ``pool`` (max_pool2d routes the gradient to
-    each window's first maximum, the rule the fused kernel must follow)."""
-    y, mean, var = ref.batch_norm_relu(x, w, b, eps)
-    return (torch.nn.functional.max_pool2d(y, 2) if pool else y), mean, var
-
-
 def _check_against_reference(x, w, b, eps, tol, pool=False):
     """Forward, gradients (x, weight, bias) and running statistics against the float64 definition
     (with ``pool``: of ``batch_norm_relu_max_pool2d``)."""
@@ -39,7 +32,7 @@ def _check_against_reference(x, w, b, eps, tol, pool=False):
     xs, ws, bs = (t.detach().clone().requires_grad_() for t in (x, w, b))
     y = (batch_norm_relu_max_pool2d if pool else batch_norm_relu)(xs, rm, rv, ws, bs, True, 0.3, eps)
     xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
-    yr, mean, var = _reference(xr, wr, br, eps, pool)
+    yr, mean, var = (ref.batch_norm_relu_max_pool2d if pool else ref.batch_norm_relu)(xr, wr, br, eps)
     assert y.shape == yr.shape and y.dtype == x.dtype
     if pool:
         assert y.is_contiguous(memory_format=torch.channels_last)

@@ -194,6 +194,11 @@ def _batch_ctf(batch: dict, n: int, dtype) -> torch.Tensor:
     return CTFParams.from_batch(batch).evaluate(n, dtype=torch.float64).to(dtype)
 
 
+def _stack_ctf(stack, rows, n: int) -> torch.Tensor:
+    """CTF values ``(len(rows), n, n)`` (float32) of the particles ``rows`` of ``stack``."""
+    return stack.ctf[torch.as_tensor(rows)].evaluate(n, dtype=torch.float64).float()
+
+
 class Trainer:
     """Train an :class:`AmortizedModel` on a particle stack.
 
@@ -534,7 +539,7 @@ def recalibrate_statistics(model: AmortizedModel, stack, *, batch_size: int = 25
         if images.shape[0] < 2:
             continue
         x = images.float()
-        ctf = stack.ctf[torch.from_numpy(rows)].evaluate(m.n, dtype=torch.float64).float() if flip else None
+        ctf = _stack_ctf(stack, rows, m.n) if flip else None
         if m.config.symmetric:
             x = m.rotation_layer(x)
             ctf = None if ctf is None else torch.cat((ctf, ctf))  # the CTF is centrosymmetric
@@ -579,7 +584,7 @@ def predict_poses(model: AmortizedModel, stack, *, batch_size: int = 256, use_ct
         with tqdm(total=N, unit="img", desc="evaluate", disable=not verbose) as bar:
             for rows, images in stack.batches(batch_size):
                 rows_t = torch.from_numpy(rows)
-                ctf = stack.ctf[rows_t].evaluate(model.n, dtype=torch.float64).float() if use_ctf else None
+                ctf = _stack_ctf(stack, rows_t, model.n) if use_ctf else None
                 shifts = stack.shifts[rows_t] if model.config.shifts == "known" else None
                 out = model(images.float(), ctf, shifts)
                 R[rows_t], t[rows_t], fl[rows_t], loss[rows_t] = out.rotations, out.shifts, out.flipped, out.per_image

@@ -292,3 +292,10 @@ def batch_norm_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, e
     xhat = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + eps)
     y = torch.relu(weight.to(torch.float64).view(shape) * xhat + bias.to(torch.float64).view(shape))
     return y, mean, var
+
+
+def batch_norm_relu_max_pool2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float):
+    """:func:`batch_norm_relu` then 2×2 max pooling (``max_pool2d(·, 2)``, which routes the
+    gradient to each window's first maximum), float64. Returns ``(y, mean, biased var)``."""
+    y, mean, var = batch_norm_relu(x, weight, bias, eps)
+    return torch.nn.functional.max_pool2d(y, 2), mean, var
