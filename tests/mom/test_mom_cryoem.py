@@ -492,7 +492,39 @@ def test_checkpoint_resume_is_exact(tmp_path, kw):
     assert full.history["loss"] == resumed.history["loss"]
     # another configuration on the same checkpoint is refused
     with pytest.raises(ValueError, match="another configuration"):
-        ce.fit(mom, checkpoint=ck, **{**kw, "steps": 7})
+        ce.fit(mom, checkpoint=ck, **{**kw, "seed": 1})
+    with pytest.raises(ValueError, match="6 steps done, more than steps=5"):
+        ce.fit(mom, checkpoint=ck, **{**kw, "steps": 5})
+    # a larger `steps` extends the run where the steps done stay the same: always with L-BFGS;
+    # with Adam the drop (at drop_fraction × steps: step 3 of 6, 4 of 8) has already passed
+    if kw.get("optimizer") == "lbfgs":
+        longer = ce.fit(mom, **{**kw, "steps": 8})
+        extended = ce.fit(mom, checkpoint=ck, **{**kw, "steps": 8})
+        assert extended.history["loss"] == longer.history["loss"]
+        for k, v in longer.model.state_dict().items():
+            assert torch.equal(v, extended.model.state_dict()[k]), k
+        assert ce.load_checkpoint(ck)["step"] == 8
+    else:
+        with pytest.raises(ValueError, match="learning-rate drop"):
+            ce.fit(mom, checkpoint=ck, **{**kw, "steps": 8})
+
+
+def test_adam_run_extends_before_its_learning_rate_drop(tmp_path):
+    vol = _two_gaussians(9)
+    mom = ce.simulate_moments(vol, 200, verbose=False)
+    kw = dict(model="voxel", density="free", lr=1e-2, drop_fraction=0.75, n_directions=12, n_inplane=4,
+              verbose=False)
+    ck = tmp_path / "ck.pt"
+    # 4 steps done with the drop at round(0.75 · 4) = 3; with steps=8 it would have come at 6: refused
+    ce.fit(mom, checkpoint=ck, steps=4, **kw)
+    with pytest.raises(ValueError, match="learning-rate drop"):
+        ce.fit(mom, checkpoint=ck, steps=8, **kw)
+    ck2 = tmp_path / "ck2.pt"
+    # drop_fraction = 1: the drop never comes within a run, so any larger `steps` extends it exactly
+    ce.fit(mom, checkpoint=ck2, steps=2, **{**kw, "drop_fraction": 1.0})
+    extended = ce.fit(mom, checkpoint=ck2, steps=5, **{**kw, "drop_fraction": 1.0})
+    direct = ce.fit(mom, steps=5, **{**kw, "drop_fraction": 1.0})
+    assert extended.history["loss"] == direct.history["loss"]
 
 
 def test_write_outputs(tmp_path):

@@ -18,7 +18,8 @@ examples:
       --neural-truth-target 0.043 --model voxel --steps 800 --out runs/nt
   # real particles (CTF-free, centred), noise variance estimated from the image corners
   orbitcore mom-cryoem --particles particles.star --size 33 --sigma2 corners --out runs/real
-  # resume an interrupted run: the same command again (the checkpoint is in --out)
+  # resume an interrupted run: the same command again (the checkpoint is in --out); a larger
+  # --steps extends a run (L-BFGS always; Adam while its learning-rate drop is still ahead)
 
 Outputs in --out: volume.mrc (working size, working voxel size), density.npz (ρ on the
 quadrature), directions.png (density of viewing directions), loss.png, history.json,

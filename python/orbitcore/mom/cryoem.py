@@ -895,6 +895,21 @@ def load_checkpoint(path) -> dict:
     return doc
 
 
+def _check_extension(fn: str, ckpt: pathlib.Path, saved: FitConfig, cfg: FitConfig, done: int) -> None:
+    """A checkpoint of ``done`` steps resumes under another ``steps`` only where the steps done
+    are the ones the new configuration would have taken (the Adam schedule depends on ``steps``)."""
+    if cfg.steps == saved.steps:
+        return
+    if cfg.steps < done:
+        fail(fn, f"checkpoint {ckpt} was written with another configuration: it has {done} steps done, "
+                 f"more than steps={cfg.steps}; use steps >= {done}, another checkpoint path, or resume=False")
+    if cfg.optimizer == "adam" and any(saved.lr_factor(s) != cfg.lr_factor(s) for s in range(done)):
+        fail(fn, f"checkpoint {ckpt} was written with another configuration (steps {saved.steps} vs now "
+                 f"{cfg.steps}): Adam's learning-rate drop (at drop_fraction × steps) would have come at "
+                 f"another step than in the {done} steps done; use steps={saved.steps}, another checkpoint "
+                 "path, or resume=False")
+
+
 def fit(moments: CryoEMMoments, config: FitConfig | None = None, *, checkpoint=None, checkpoint_every: int = 100,
         resume: bool = True, verbose: bool = True, callback: Callable[[int, dict], Any] | None = None,
         **overrides) -> MoMResult:
@@ -907,7 +922,9 @@ def fit(moments: CryoEMMoments, config: FitConfig | None = None, *, checkpoint=N
         checkpoint: path of a ``.pt`` checkpoint, written atomically every ``checkpoint_every``
             steps, at the end and on KeyboardInterrupt. With ``resume=True`` and an existing file,
             the run continues from it (same configuration and data required; the result is
-            identical to an uninterrupted run).
+            identical to an uninterrupted run). ``steps`` alone may grow, to extend a run,
+            where the steps already done are the same under the new value: always with
+            L-BFGS, with Adam while neither ``drop_fraction × steps`` has been reached.
         verbose: progress bar (loss and the relative moment errors of eq. 22).
         callback: ``callback(step, record)`` after every step.
 
@@ -951,10 +968,11 @@ def fit(moments: CryoEMMoments, config: FitConfig | None = None, *, checkpoint=N
         doc = load_checkpoint(ckpt)
         # checkpoints from before FitConfig.band_limit existed were fitted with the disk band limit
         saved = FitConfig(**{"band_limit": "disk", **doc["config"]})
-        if dataclasses.asdict(saved) != dataclasses.asdict(cfg):
+        if dataclasses.asdict(saved) != dataclasses.asdict(dataclasses.replace(cfg, steps=saved.steps)):
             diff = {k: (v, getattr(cfg, k)) for k, v in dataclasses.asdict(saved).items() if getattr(cfg, k) != v}
             fail(fn, f"checkpoint {ckpt} was written with another configuration (saved vs now: {diff}); "
                      "use the same settings, another checkpoint path, or resume=False")
+        _check_extension(fn, ckpt, saved, cfg, int(doc["step"]))
         if not np.allclose(doc["fingerprint"][3:], moments.fingerprint()[3:], rtol=1e-9) or \
                 doc["fingerprint"][:3] != moments.fingerprint()[:3]:
             fail(fn, f"checkpoint {ckpt} was written for other data moments (fingerprint {doc['fingerprint']} vs "

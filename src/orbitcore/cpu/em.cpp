@@ -4,17 +4,23 @@
 #include <type_traits>
 
 #include "em_simd.hpp"
+#include "parallel.hpp"
 
 namespace orbitcore {
 namespace cpu {
 
 template <typename T>
 void em_estep(const EStepArgs<T>& args, int num_threads, SimdLevel level) {
+  // The thread count is chosen here, not in the wide-ISA units (docs/DEVELOPING.md: they hold
+  // internal-linkage code only, so no plain inline helper such as threads_for is used there).
+  const long long work = static_cast<long long>(args.P) * static_cast<long long>(args.K) *
+                         static_cast<long long>(args.kstart[em::shift_count(args.L)]);
+  const int nt = threads_for(num_threads, work);
   auto run = [&](auto f, auto d) {
     if constexpr (std::is_same<T, float>::value)
-      f(args, num_threads);
+      f(args, nt);
     else
-      d(args, num_threads);
+      d(args, nt);
   };
 #if defined(ORBITCORE_X86_SIMD)
   if (level == SimdLevel::avx512) return run(em_avx512::estep_f, em_avx512::estep_d);

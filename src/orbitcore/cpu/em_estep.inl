@@ -28,10 +28,8 @@
 #include <cstring>
 #include <limits>
 #include <new>
-#include <vector>
 
 #include "../em.hpp"
-#include "parallel.hpp"
 
 namespace orbitcore {
 namespace cpu {
@@ -117,7 +115,7 @@ ORBITCORE_FORCEINLINE void add_widened(double* dst, const typename Vec<T, VL>::t
 }
 
 template <typename T, int VL, int MV, int PT, int MH>
-void estep(const EStepArgs<T>& a, int requested_threads) {
+void estep(const EStepArgs<T>& a, int threads) {
   using V = typename Vec<T, VL>::type;
   using VI = typename Vec<typename IntLane<T>::type, VL>::type;
   constexpr int W = VL * MV;
@@ -148,11 +146,11 @@ void estep(const EStepArgs<T>& a, int requested_threads) {
   }
 
   const index_t ntiles = (P + PT - 1) / PT;
-  const long long work = static_cast<long long>(P) * static_cast<long long>(Kp) * a.kstart[D];
-  int nt = threads_for(requested_threads, work);
+  // `threads` comes from the dispatcher (cpu/em.cpp), which sizes it to the work.
+  int nt = threads;
   if (nt > ntiles) nt = static_cast<int>(ntiles);
   if (nt < 1) nt = 1;
-  std::vector<double*> Wacc(static_cast<std::size_t>(nt), nullptr), Hacc(static_cast<std::size_t>(nt), nullptr);
+  Scratch<double*> Wacc(static_cast<std::size_t>(nt)), Hacc(static_cast<std::size_t>(nt));
   const T lo = ExpLo<T>::value;
 
 #pragma omp parallel num_threads(nt)
@@ -169,8 +167,8 @@ void estep(const EStepArgs<T>& a, int requested_threads) {
     Scratch<T> zacc(static_cast<std::size_t>(D) * VL);
     Scratch<double> W64(static_cast<std::size_t>(NB) * D * W);
     Scratch<double> H64(static_cast<std::size_t>(NB) * LL * W);
-    Wacc[static_cast<std::size_t>(tid)] = W64.data();
-    Hacc[static_cast<std::size_t>(tid)] = H64.data();
+    Wacc.data()[tid] = W64.data();
+    Hacc.data()[tid] = H64.data();
     const V ninf = V{} + (-std::numeric_limits<T>::infinity());
     auto Sblk = [&](int p, index_t b, int k) { return S.data() + ((static_cast<index_t>(p) * NB + b) * D + k) * W; };
     auto Bmax = [&](int p, index_t b, int k) -> T& { return bmax.data()[(static_cast<index_t>(p) * NB + b) * D + k]; };
@@ -350,12 +348,12 @@ void estep(const EStepArgs<T>& a, int requested_threads) {
       const index_t b = w / W, lane = w % W;
       for (int k = 0; k < D; ++k) {
         double s = 0.0;
-        for (int t = 0; t < nth; ++t) s += Wacc[static_cast<std::size_t>(t)][(b * D + k) * W + lane];
+        for (int t = 0; t < nth; ++t) s += Wacc.data()[t][(b * D + k) * W + lane];
         a.shift_weights[w * D + k] = s;
       }
       for (int q = 0; q < LL; ++q) {
         double s = 0.0;
-        for (int t = 0; t < nth; ++t) s += Hacc[static_cast<std::size_t>(t)][(b * LL + q) * W + lane];
+        for (int t = 0; t < nth; ++t) s += Hacc.data()[t][(b * LL + q) * W + lane];
         a.backprojection[w * LL + q] = s;
       }
     }
