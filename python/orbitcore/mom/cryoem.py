@@ -924,7 +924,8 @@ def fit(moments: CryoEMMoments, config: FitConfig | None = None, *, checkpoint=N
             the run continues from it (same configuration and data required; the result is
             identical to an uninterrupted run). ``steps`` alone may grow, to extend a run,
             where the steps already done are the same under the new value: always with
-            L-BFGS, with Adam while neither ``drop_fraction × steps`` has been reached.
+            L-BFGS; with Adam where its learning rate over those steps is the same under both
+            values (its drop comes at ``drop_fraction × steps``).
         verbose: progress bar (loss and the relative moment errors of eq. 22).
         callback: ``callback(step, record)`` after every step.
 
