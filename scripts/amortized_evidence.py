@@ -148,7 +148,8 @@ def stage_train(args) -> dict:
     mc = {"decoder": args.decoder, "symmetric": args.loss == "sym", "shifts": "predict",
           "encoder_size": args.encoder_size, "channels": tuple(args.channels), "fourier_hidden": args.fourier_hidden,
           "seed": args.seed, "max_shift": 3.0, "pose_heads": args.heads, "whiten_rotation": bool(args.whiten),
-          "encoder_input": "wiener" if args.wiener else ("phase_flipped" if args.phase_flip else "raw")}
+          "encoder_input": "wiener" if args.wiener else ("phase_flipped" if args.phase_flip else "raw"),
+          "wiener_eps": args.wiener_eps}
     tc = {"steps": args.steps, "batch_size": args.batch, "lr": args.lr, "num_workers": 0, "use_ctf": True,
           "checkpoint_every": args.eval_every, "seed": args.seed, "log_every": 10, "radius_start": args.radius_start,
           "radius_hold": args.radius_hold, "radius_ramp": args.radius_ramp}
@@ -362,6 +363,7 @@ def main():
     p.add_argument("--whiten", type=int, default=1, help="whitened rotation head (1) or not (0)")
     p.add_argument("--wiener", action="store_true",
                    help="the encoder sees CTF-Wiener-filtered images (ModelConfig.encoder_input='wiener')")
+    p.add_argument("--wiener-eps", type=float, default=0.1, help="ε of the Wiener encoder input")
     p.add_argument("--phase-flip", action="store_true",
                    help="the encoder sees CTF-sign-flipped images (ModelConfig.encoder_input='phase_flipped')")
     p.add_argument("--radius-start", type=float, default=None, help="frequency curriculum: first loss radius (px)")

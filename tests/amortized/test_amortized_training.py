@@ -259,6 +259,11 @@ def test_cli_train_resume_evaluate(tiny, tmp_path, capsys):
     assert not (tmp_path / "rf2").exists()
     assert main(["amortized", "train", "--out", str(tmp_path / "x"), "--quiet"]) == 1
     assert "--particles is required" in capsys.readouterr().err
+    # the Wiener encoder input and its ε reach the model (and its checkpoint)
+    assert main(["amortized", "train", "--particles", str(d / "p.star"), "--out", str(tmp_path / "w"), "--steps", "1",
+                 "--encoder-input", "wiener", "--wiener-eps", "0.01", *common]) == 0
+    mc = load_checkpoint(tmp_path / "w" / "checkpoint.pt")["model_config"]
+    assert mc["encoder_input"] == "wiener" and mc["wiener_eps"] == 0.01
 
 
 def test_cli_help_is_a_guide(capsys):

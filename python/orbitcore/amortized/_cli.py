@@ -116,7 +116,8 @@ def run_train(args) -> int:
 
         stack = ParticleStack(args.particles, data_dir=args.data_dir, size=args.size, normalize="rms")
         mc = ModelConfig(n=stack.size, decoder=args.decoder, symmetric=args.loss == "symmetric", shifts=args.shifts,
-                         encoder_size=args.encoder_size, encoder_input=args.encoder_input, rotation=args.rotation,
+                         encoder_size=args.encoder_size, encoder_input=args.encoder_input, wiener_eps=args.wiener_eps,
+                         rotation=args.rotation,
                          channels=tuple(args.channels),
                          max_shift=args.max_shift, pad=args.pad, fourier_hidden=args.fourier_hidden,
                          pose_heads=args.pose_heads, whiten_rotation=not args.no_whiten, seed=args.seed)
@@ -251,8 +252,11 @@ def register(sub) -> None:
                    help="the encoder sees images Fourier-cropped to this size (default: full size)")
     m.add_argument("--encoder-input", choices=["raw", "phase_flipped", "wiener"], default="raw",
                    help="what the encoder sees: the raw images (default, as the papers), the images "
-                        "phase-flipped by the sign of their CTF, or Wiener-filtered by it (CTF/(CTF^2+0.1)); "
-                        "the decoder still models the raw images")
+                        "phase-flipped by the sign of their CTF, or Wiener-filtered by it (CTF/(CTF^2+eps), "
+                        "--wiener-eps); the decoder still models the raw images")
+    m.add_argument("--wiener-eps", type=float, default=0.1,
+                   help="eps of --encoder-input wiener (default 0.1: gain <= 1.6; 0.01 restores the damped "
+                        "frequencies up to 5x, better on noiseless test-bed data, see docs/evidence/amortized)")
     m.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128],
                    help="encoder convolution channels per block (default 16 32 64 128)")
     m.add_argument("--pose-heads", type=int, default=1,

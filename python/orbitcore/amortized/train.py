@@ -531,15 +531,15 @@ def recalibrate_statistics(model: AmortizedModel, stack, *, batch_size: int = 25
         mod.reset_running_stats()
         mod.momentum = None  # cumulative average over the pass
     m.train()
-    flip = m.config.encoder_input != "raw"
-    if flip and stack.ctf is None:
+    needs_ctf = m.config.encoder_input != "raw"
+    if needs_ctf and stack.ctf is None:
         fail(fn, f"the model's encoder reads CTF-corrected images (encoder_input={m.config.encoder_input!r}), "
                  "but the particle file has no CTF parameters")
     for rows, images in stack.batches(batch_size):
         if images.shape[0] < 2:
             continue
         x = images.float()
-        ctf = _stack_ctf(stack, rows, m.n) if flip else None
+        ctf = _stack_ctf(stack, rows, m.n) if needs_ctf else None
         if m.config.symmetric:
             x = m.rotation_layer(x)
             ctf = None if ctf is None else torch.cat((ctf, ctf))  # the CTF is centrosymmetric
