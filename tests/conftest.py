@@ -30,6 +30,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_cuda)
 
 
+SIMD_LEVELS = ("generic", "avx2", "avx512")
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes ``simd`` runs once per CPU variant of the kernels (the E-step, moment and
+    norm kernels share the run-time dispatch ``ORBITCORE_CPU_SIMD``). A variant this CPU cannot
+    run is a visible skip with the reason, never a parameter left out of the collection."""
+    if "simd" not in metafunc.fixturenames:
+        return
+    from orbitcore.ops.em import cpu_simd
+    params = []
+    for name in SIMD_LEVELS:
+        try:
+            cpu_simd(name)
+            params.append(name)
+        except ValueError as e:
+            params.append(pytest.param(name, marks=pytest.mark.skip(reason=f"this CPU cannot run the {name} kernels: {e}")))
+    metafunc.parametrize("simd", params)
+
+
 @pytest.fixture
 def gen():
     g = torch.Generator().manual_seed(1234)

@@ -11,7 +11,6 @@ import torch
 from orbitcore import _ext
 from orbitcore.nn.encoders import DoubleConv
 from orbitcore.ops import _reference as ref
-from orbitcore.ops.em import cpu_simd
 from orbitcore.ops.norm import batch_norm_relu, batch_norm_relu_max_pool2d
 
 
@@ -310,19 +309,6 @@ def test_pooled_bad_inputs_are_named():
                                               a(m), a(v), None, 1, "auto", 0)
 
 
-def _simd_levels() -> list[str]:
-    """The CPU variants this machine can run ("generic" always; forcing one the CPU lacks raises)."""
-    levels = []
-    for name in ("generic", "avx2", "avx512"):
-        try:
-            levels.append(cpu_simd(name))
-        except ValueError:
-            pass
-    assert "generic" in levels
-    return levels
-
-
-@pytest.mark.parametrize("simd", _simd_levels())
 def test_every_simd_variant_matches_the_definition(gen, simd, monkeypatch):
     """Each instruction-set build of the drivers (norm_simd_*.cpp), plain and pooled, float64
     against the definition and float32 within rounding, odd sizes included."""
