@@ -152,7 +152,8 @@ def stage_train(args) -> dict:
           "wiener_eps": args.wiener_eps}
     tc = {"steps": args.steps, "batch_size": args.batch, "lr": args.lr, "num_workers": 0, "use_ctf": True,
           "checkpoint_every": args.eval_every, "seed": args.seed, "log_every": 10, "radius_start": args.radius_start,
-          "radius_hold": args.radius_hold, "radius_ramp": args.radius_ramp}
+          "radius_hold": args.radius_hold, "radius_ramp": args.radius_ramp, "lr_drop": args.lr_drop,
+          "drop_fraction": args.drop_fraction}
     # checkpoints (every --eval-every steps) and the evaluations so far live in work/ckpt/<tag>:
     # an interrupted run started again with the same arguments resumes exactly where it stopped
     ckpt_dir = pathlib.Path(args.work) / "ckpt" / tag
@@ -369,6 +370,8 @@ def main():
     p.add_argument("--radius-start", type=float, default=None, help="frequency curriculum: first loss radius (px)")
     p.add_argument("--radius-hold", type=int, default=0)
     p.add_argument("--radius-ramp", type=int, default=0)
+    p.add_argument("--lr-drop", type=float, default=1.0, help="TrainConfig.lr_drop (1: constant rates)")
+    p.add_argument("--drop-fraction", type=float, default=0.75, help="TrainConfig.drop_fraction")
     p.add_argument("--tag", default="", help="suffix of the run's name")
     p.add_argument("--from-tag", default="voxel_snr+0dB_sym_seed0_k16_long", help="refine: the trained run")
     p.add_argument("--rounds", type=int, default=3, help="refine: projection-matching rounds")

@@ -69,6 +69,9 @@ def main():
     ap.add_argument("--radius-start", type=float, default=None)
     ap.add_argument("--hold", type=int, default=0)
     ap.add_argument("--ramp", type=int, default=0)
+    ap.add_argument("--lr-drop", type=float, default=1.0,
+                    help="factor on the learning rates from --drop-fraction x --steps on (1: constant)")
+    ap.add_argument("--drop-fraction", type=float, default=0.75)
     ap.add_argument("--loss", choices=("sym", "l2"), default="sym")
     ap.add_argument("--whiten", type=int, default=1)
     ap.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64])
@@ -99,7 +102,8 @@ def main():
           "wiener_eps": args.wiener_eps}
     tc = {"steps": args.steps, "batch_size": args.batch, "num_workers": 0, "use_ctf": args.ctf, "lr": args.lr,
           "decoder_lr": args.decoder_lr, "checkpoint_every": 0, "log_every": 10, "seed": args.seed,
-          "radius_start": args.radius_start, "radius_hold": args.hold, "radius_ramp": args.ramp}
+          "radius_start": args.radius_start, "radius_hold": args.hold, "radius_ramp": args.ramp,
+          "lr_drop": args.lr_drop, "drop_fraction": args.drop_fraction}
     tr = Trainer(str(star), mc, tc, verbose=False)
     if args.frozen:
         vol = oc.physics.pseudo_molecule(args.n).float()

@@ -92,6 +92,69 @@ def test_curriculum_resume_is_exact_and_history_follows_the_schedule(tiny, tmp_p
     assert [h["radius"] for h in a.history] == [loss_radius(h["step"] - 1, 7.0, 2.0, 2, 5) for h in a.history]
 
 
+# ------------------------------------------------------------------ learning-rate drop
+def _encoder_vector(tr):
+    return torch.cat([p.detach().flatten() for p in tr.model.encoder_parameters()])
+
+
+def test_learning_rate_drop_schedule_and_validation():
+    c = TrainConfig(steps=10, lr_drop=0.1, drop_fraction=0.5)
+    assert c.drop_step() == 5
+    assert [c.lr_factor(s) for s in range(10)] == [1.0] * 5 + [0.1] * 5
+    const = TrainConfig(steps=10)                      # the default: the papers' constant rate
+    assert const.lr_drop == 1.0 and const.drop_step() == 10 and {const.lr_factor(s) for s in range(20)} == {1.0}
+    assert TrainConfig(steps=7, lr_drop=0.5, drop_fraction=0.0).lr_factor(0) == 0.5
+    for bad, match in (({"lr_drop": 0.0}, "TrainConfig: lr_drop must be > 0"),
+                       ({"lr_drop": 1.5}, r"TrainConfig: lr_drop must be in \(0, 1\]"),
+                       ({"drop_fraction": 1.2}, r"TrainConfig: drop_fraction must be in \[0, 1\], got 1.2"),
+                       ({"drop_fraction": -0.1}, "TrainConfig: drop_fraction must be >= 0")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**bad)
+
+
+def test_learning_rate_drop_reaches_adam_and_resume_is_exact(tiny, tmp_path):
+    cfg = {"steps": 8, "batch_size": 8, "num_workers": 0, "checkpoint_every": 0, "lr": 1e-3, "log_every": 1,
+           "decoder_lr": 2e-3, "lr_drop": 0.1, "drop_fraction": 0.5}
+    a = Trainer(tiny, SMALL, cfg, tmp_path / "a", verbose=False)
+    const = Trainer(tiny, SMALL, {**cfg, "lr_drop": 1.0}, tmp_path / "c", verbose=False)
+    a.fit(3)
+    ckpt = a.save_checkpoint(tmp_path / "step3.pt")
+    const.fit(4)
+    a.fit(4)
+    assert [g["lr"] for g in a.optimizer.param_groups] == [1e-3, 2e-3]   # steps 0-3 at the full rates
+    for (k, x), (_, y) in zip(a.model.state_dict().items(), const.model.state_dict().items()):
+        assert torch.equal(x, y), k                                        # identical before the drop
+    a.fit(8)
+    const.fit(8)
+    assert [g["lr"] for g in a.optimizer.param_groups] == pytest.approx([1e-4, 2e-4])
+    assert [h["lr_factor"] for h in a.history] == [1.0] * 4 + [0.1] * 4
+    assert not torch.equal(_encoder_vector(a), _encoder_vector(const))     # and different after it
+    b = Trainer.resume(ckpt, out_dir=tmp_path / "b", verbose=False)
+    b.fit(8)
+    for (k, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y), k
+    # extending the run moves the drop (round(0.5 * steps)): refused once the run is past either point
+    with pytest.raises(ValueError, match="Trainer.resume: steps=12: the learning-rate drop .* would move from step 4 "
+                                         "to 6, and the run is at step 8"):
+        Trainer.resume(a.save_checkpoint(tmp_path / "step8.pt"), steps=12, verbose=False)
+    early = Trainer.resume(ckpt, steps=12, verbose=False)    # at step 3, before both drop points: exact
+    assert early.config.drop_step() == 6
+    Trainer.resume(tmp_path / "step8.pt", steps=8, num_workers=0, verbose=False)  # same steps: fine
+
+
+def test_learning_rate_drop_moves_the_weights_less(tiny, tmp_path):
+    # the rate really reaches the update: over the same four steps from the same state, Adam's
+    # displacement (~lr per parameter and step) is ~10x smaller with lr_drop = 0.1 from step 0
+    cfg = {"steps": 4, "batch_size": 8, "num_workers": 0, "checkpoint_every": 0, "lr": 1e-3, "log_every": 1}
+    runs = {}
+    for drop in (1.0, 0.1):
+        tr = Trainer(tiny, SMALL, {**cfg, "lr_drop": drop, "drop_fraction": 0.0}, verbose=False)
+        w0 = _encoder_vector(tr)
+        tr.fit()
+        runs[drop] = float((_encoder_vector(tr) - w0).abs().mean())
+    assert 5.0 < runs[1.0] / runs[0.1] < 20.0, runs
+
+
 # ------------------------------------------------------------------ multi-hypothesis heads
 def test_pose_encoder_heads_shape_and_validation():
     enc = PoseEncoder(16, channels=(4, 8), hidden=(16,), heads=5)
@@ -219,3 +282,9 @@ def test_cli_passes_pose_heads_and_curriculum(tiny, tmp_path):
     tc = st["train_config"]
     assert (tc["radius_start"], tc["radius_hold"], tc["radius_ramp"]) == (2.5, 1, 2)
     assert [h["radius"] for h in st["history"] if "radius" in h] == [7.0]  # log_every 10: the last step's
+
+    out = tmp_path / "run_drop"
+    assert main(["amortized", "train", "--particles", str(tiny), "--out", str(out), "--steps", "4", "--channels", "4",
+                 "8", "--batch-size", "8", "--workers", "0", "--quiet", "--lr-drop", "0.2", "--drop-fraction", "0.5"]) == 0
+    tc = load_checkpoint(out / "checkpoint.pt")["train_config"]
+    assert (tc["lr_drop"], tc["drop_fraction"]) == (0.2, 0.5)

@@ -430,6 +430,9 @@ def test_torch_compile_fullgraph(gen):
 @pytest.mark.slow
 # torch 2.13's inductor import path calls its own deprecated torch.jit.script_method (not orbitcore code)
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+# the slice's complex output makes inductor fall back to eager for the complex .abs() (its own notice;
+# the custom op itself is opaque to inductor either way): expected, not a fault of the op
+@pytest.mark.filterwarnings("ignore:Torchinductor does not support code generation for complex operators:UserWarning")
 def test_torch_compile_inductor(gen):
     torch._dynamo.reset()
     v = rand_vol(6, gen, dtype=torch.complex64)

@@ -127,7 +127,7 @@ def run_train(args) -> int:
                          clip=args.clip if args.clip > 0 else None, num_workers=args.workers,
                          checkpoint_every=args.checkpoint_every, seed=args.seed, use_ctf=not args.no_ctf,
                          radius_start=args.radius_start, radius_hold=args.radius_hold,
-                         radius_ramp=args.radius_ramp)
+                         radius_ramp=args.radius_ramp, lr_drop=args.lr_drop, drop_fraction=args.drop_fraction)
         tr = Trainer(stack, mc, tc, out, verbose=not args.quiet)
         out.mkdir(parents=True, exist_ok=True)
         print(f"training {args.decoder} on {len(stack)} particles of {stack.size}x{stack.size} px "
@@ -279,6 +279,11 @@ def register(sub) -> None:
     o.add_argument("--radius-hold", type=int, default=0, help="steps at --radius-start before it grows (default 0)")
     o.add_argument("--radius-ramp", type=int, default=0,
                    help="steps over which the radius then grows linearly to the full radius (default 0)")
+    o.add_argument("--lr-drop", type=float, default=1.0,
+                   help="factor on both learning rates from --drop-fraction of the steps on (default 1: constant, "
+                        "the papers'; 0.1 lets winner-take-all heads settle at the end of a run)")
+    o.add_argument("--drop-fraction", type=float, default=0.75,
+                   help="where the --lr-drop comes, as a fraction of the steps (default 0.75)")
     o.add_argument("--clip", type=float, default=10.0, help="gradient-norm clipping (0: none; default 10)")
     o.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
     o.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
