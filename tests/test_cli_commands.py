@@ -70,3 +70,53 @@ def test_fsc_command(tmp_path, capsys):
     c = write_mrc(tmp_path / "c.mrc", np.zeros((20, 20, 20)), voxel_size=2.0)
     assert cli.main(["fsc", str(a), str(c)]) == 1
     assert "the maps have different boxes" in capsys.readouterr().err
+
+
+_FAULTS = """
+import resource, sys
+import torch
+from orbitcore.cli import console_main
+
+def faults():
+    # 40 MB buffers: above the largest mmap threshold glibc ever adapts to (32 MiB), so by
+    # default each one is a fresh mapping, page-faulted in, whatever came before
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        x = torch.empty(10_000_000)
+        x.fill_(1.0)
+        del x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
+
+before = faults()
+sys.argv = ["orbitcore", "--help"]
+try:
+    console_main()
+except SystemExit:
+    pass
+faults()                              # the first pass grows the heap once
+print(before, faults())
+"""
+
+
+def test_console_command_keeps_freed_buffers_for_reuse(tmp_path):
+    # the `orbitcore` console entry tunes glibc's allocator (orbitcore._alloc.tune_allocator): freed
+    # buffers are reused instead of being page-faulted in afresh (a 40 MB buffer: ~10^4 faults).
+    # Measured in child processes, so that this test process keeps its allocator as it is.
+    import os
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("tune_allocator acts on glibc only (Linux)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    counts = {}
+    for flag in ("1", "0"):
+        out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True,
+                             env={**env, "ORBITCORE_TUNE_ALLOCATOR": flag}, cwd=tmp_path).stdout
+        counts[flag] = [int(v) for v in out.split()[-2:]]
+    (tuned_before, tuned_after), (plain_before, plain_after) = counts["1"], counts["0"]
+    assert tuned_before > 40_000 and plain_before > 40_000, counts     # ~9800 pages per buffer
+    assert tuned_after < tuned_before / 20, counts                           # reused after tuning
+    assert plain_after > plain_before / 2, counts                            # ORBITCORE_TUNE_ALLOCATOR=0: as before
+    import orbitcore
+    assert orbitcore.tune_allocator is orbitcore._alloc.tune_allocator

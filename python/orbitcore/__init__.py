@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import _ext
 from ._ext import built_with_cuda, cuda_available
+from ._alloc import tune_allocator
 from ._validate import OrbitcoreWarning
 from .ops.slice import fourier_insert, fourier_sample, fourier_slice
 from .ops.moments import (
@@ -43,9 +44,10 @@ __all__ = [
     "geometry",
     "io",
     "metrics",
-    "nn",
-    "physics",
     "model_moments",
     "moment_loss",
     "moments_from_stack",
+    "nn",
+    "physics",
+    "tune_allocator",
 ]

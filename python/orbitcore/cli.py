@@ -57,5 +57,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def console_main() -> int:
+    """The ``orbitcore`` console command: :func:`main` in a process of its own, with the
+    allocator tuned for long CPU runs (:func:`orbitcore._alloc.tune_allocator`; set
+    ``ORBITCORE_TUNE_ALLOCATOR=0`` to keep glibc's defaults). ``main`` itself, which tests and
+    scripts call in their own processes, leaves the allocator alone."""
+    import os  # noqa: PLC0415
+
+    if os.environ.get("ORBITCORE_TUNE_ALLOCATOR", "1") != "0":
+        from ._alloc import tune_allocator  # noqa: PLC0415
+
+        tune_allocator()
+    return main()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console_main())
