@@ -140,6 +140,10 @@ def test_learning_rate_drop_reaches_adam_and_resume_is_exact(tiny, tmp_path):
     early = Trainer.resume(ckpt, steps=12, verbose=False)    # at step 3, before both drop points: exact
     assert early.config.drop_step() == 6
     Trainer.resume(tmp_path / "step8.pt", steps=8, num_workers=0, verbose=False)  # same steps: fine
+    # without a drop (lr_drop = 1) any steps are fine, shorter than the steps done included
+    flat = Trainer(tiny, SMALL, {**cfg, "lr_drop": 1.0}, verbose=False)
+    flat.fit(3)
+    assert Trainer.resume(flat.save_checkpoint(tmp_path / "flat3.pt"), steps=2, verbose=False).config.steps == 2
 
 
 def test_learning_rate_drop_moves_the_weights_less(tiny, tmp_path):

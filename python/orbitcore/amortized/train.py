@@ -78,9 +78,10 @@ class TrainConfig:
             The radius is a pure function of the step, so resumed runs follow the same schedule.
         lr_drop: factor applied to both learning rates from step ``round(drop_fraction × steps)``
             on (:meth:`lr_factor`). 1 (the default, the papers' constant rate) turns it off. With
-            a constant rate the winner-take-all heads keep switching late in a run (the test
-            bed's median error moved between 9° and 25° from step 4000 to 10000 on one CPU);
-            a drop at the end lets the poses settle.
+            a constant rate the winner-take-all heads can keep switching late in a run (the test
+            bed's median error moved between 9° and 25° from step 4000 to 11000 on one CPU). A
+            drop once the poses have formed lets them settle (0.1 at half the steps: 3.6°); a
+            drop late in the run freezes whatever state it meets (docs/evidence/amortized §1).
         drop_fraction: where the drop comes, as a fraction of ``steps`` (default 0.75).
     """
 
@@ -404,7 +405,8 @@ class Trainer:
                              "flipped_fraction": float(np.mean([w["flipped"] for w in window])),
                              "grad_norm": (float(np.mean([w["grad_norm"] for w in window]))
                                            if window[0]["grad_norm"] is not None else None),
-                             "radius": window[-1]["radius"], "lr_factor": window[-1]["lr_factor"], "images_per_s": rate, "train_time_s": self.elapsed}
+                             "radius": window[-1]["radius"], "lr_factor": window[-1]["lr_factor"],
+                             "images_per_s": rate, "train_time_s": self.elapsed}
                     self.history.append(entry)
                     bar.set_postfix(loss=f"{entry['loss']:.4g}", img_s=f"{rate:.0f}", epoch=f"{entry['epoch']:.2f}")
                     window, imgs_since, t_last = [], 0, now
@@ -493,7 +495,8 @@ class Trainer:
         if steps is not None:
             old, new = TrainConfig(**cfg), TrainConfig(**{**cfg, "steps": steps})
             done = int(state["step"])
-            if old.drop_step() != new.drop_step() and done > min(old.drop_step(), new.drop_step()):
+            if old.lr_drop != 1.0 and old.drop_step() != new.drop_step() and done > min(old.drop_step(),
+                                                                                        new.drop_step()):
                 fail("Trainer.resume", f"steps={steps}: the learning-rate drop (lr_drop={old.lr_drop:g} at "
                                        f"drop_fraction × steps) would move from step {old.drop_step()} to "
                                        f"{new.drop_step()}, and the run is at step {done}: the steps done would "
