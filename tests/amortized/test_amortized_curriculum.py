@@ -99,10 +99,9 @@ def _encoder_vector(tr):
 
 def test_learning_rate_drop_schedule_and_validation():
     c = TrainConfig(steps=10, lr_drop=0.1, drop_fraction=0.5)
-    assert c.drop_step() == 5
     assert [c.lr_factor(s) for s in range(10)] == [1.0] * 5 + [0.1] * 5
     const = TrainConfig(steps=10)                      # the default: the papers' constant rate
-    assert const.lr_drop == 1.0 and const.drop_step() == 10 and {const.lr_factor(s) for s in range(20)} == {1.0}
+    assert const.lr_drop == 1.0 and {const.lr_factor(s) for s in range(20)} == {1.0}
     assert TrainConfig(steps=7, lr_drop=0.5, drop_fraction=0.0).lr_factor(0) == 0.5
     for bad, match in (({"lr_drop": 0.0}, "TrainConfig: lr_drop must be > 0"),
                        ({"lr_drop": 1.5}, r"TrainConfig: lr_drop must be in \(0, 1\]"),
@@ -138,7 +137,7 @@ def test_learning_rate_drop_reaches_adam_and_resume_is_exact(tiny, tmp_path):
                                          "to 6, and the run is at step 8"):
         Trainer.resume(a.save_checkpoint(tmp_path / "step8.pt"), steps=12, verbose=False)
     early = Trainer.resume(ckpt, steps=12, verbose=False)    # at step 3, before both drop points: exact
-    assert early.config.drop_step() == 6
+    assert [early.config.lr_factor(s) for s in (5, 6)] == [1.0, 0.1]
     Trainer.resume(tmp_path / "step8.pt", steps=8, num_workers=0, verbose=False)  # same steps: fine
     # without a drop (lr_drop = 1) any steps are fine, shorter than the steps done included
     flat = Trainer(tiny, SMALL, {**cfg, "lr_drop": 1.0}, verbose=False)

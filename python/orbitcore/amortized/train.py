@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .._schedule import check_step_drop, step_drop_factor
 from .._validate import check_float, check_int, fail
 from .model import AmortizedModel, ModelConfig
 
@@ -121,24 +122,17 @@ class TrainConfig:
             self.radius_start = check_float(fn, "radius_start", self.radius_start, positive=True)
         self.radius_hold = check_int(fn, "radius_hold", self.radius_hold, minimum=0)
         self.radius_ramp = check_int(fn, "radius_ramp", self.radius_ramp, minimum=0)
-        self.lr_drop = check_float(fn, "lr_drop", self.lr_drop, positive=True)
+        self.lr_drop, self.drop_fraction = check_step_drop(fn, self.lr_drop, self.drop_fraction)
         if self.lr_drop > 1.0:
             fail(fn, f"lr_drop must be in (0, 1] (a factor that lowers the learning rates), got {self.lr_drop}")
-        self.drop_fraction = check_float(fn, "drop_fraction", self.drop_fraction, minimum=0.0)
-        if self.drop_fraction > 1.0:
-            fail(fn, f"drop_fraction must be in [0, 1], got {self.drop_fraction}")
         if self.radius_start is None and (self.radius_hold or self.radius_ramp):
             fail(fn, f"radius_hold = {self.radius_hold} and radius_ramp = {self.radius_ramp} need radius_start "
                      "(the curriculum's first radius), got radius_start=None")
 
-    def drop_step(self) -> int:
-        """The first step at the lowered rates (``steps`` or later: never)."""
-        return round(self.drop_fraction * self.steps) if self.lr_drop != 1.0 else self.steps
-
     def lr_factor(self, step: int) -> float:
-        """The learning-rate schedule: 1 before :meth:`drop_step`, ``lr_drop`` from it on (a pure
-        function of the step, so a resumed run follows it exactly)."""
-        return 1.0 if step < self.drop_step() else float(self.lr_drop)
+        """The learning-rate schedule: 1 before step ``round(drop_fraction × steps)``, ``lr_drop``
+        from it on (a pure function of the step, so a resumed run follows it exactly)."""
+        return step_drop_factor(step, self.steps, self.lr_drop, self.drop_fraction)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -495,12 +489,12 @@ class Trainer:
         if steps is not None:
             old, new = TrainConfig(**cfg), TrainConfig(**{**cfg, "steps": steps})
             done = int(state["step"])
-            if old.lr_drop != 1.0 and old.drop_step() != new.drop_step() and done > min(old.drop_step(),
-                                                                                        new.drop_step()):
+            if any(old.lr_factor(s) != new.lr_factor(s) for s in range(done)):
+                at = lambda c: round(c.drop_fraction * c.steps)  # noqa: E731
                 fail("Trainer.resume", f"steps={steps}: the learning-rate drop (lr_drop={old.lr_drop:g} at "
-                                       f"drop_fraction × steps) would move from step {old.drop_step()} to "
-                                       f"{new.drop_step()}, and the run is at step {done}: the steps done would "
-                                       "not follow the new schedule, so the resumed run could not be exact")
+                                       f"drop_fraction × steps) would move from step {at(old)} to {at(new)}, and "
+                                       f"the run is at step {done}: the steps done would not follow the new "
+                                       "schedule, so the resumed run could not be exact")
             cfg["steps"] = steps
         if num_workers is not None:
             cfg["num_workers"] = num_workers

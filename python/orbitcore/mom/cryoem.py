@@ -76,6 +76,7 @@ import torch
 from torch import nn
 
 from .. import fourier
+from .._schedule import check_step_drop, step_drop_factor
 from .._validate import OrbitcoreWarning, check_float, check_int, fail, to_tensor
 from ..geometry.so3 import so3_quadrature
 from ..io.mrc import atomic_path
@@ -688,10 +689,7 @@ class FitConfig:
         check_float(fn, "lam", self.lam, minimum=0.0, allow_none=True)
         check_float(fn, "lr", self.lr, positive=True, allow_none=True)
         check_float(fn, "encoder_lr", self.encoder_lr, positive=True, allow_none=True)
-        check_float(fn, "lr_drop", self.lr_drop, positive=True)
-        d = check_float(fn, "drop_fraction", self.drop_fraction, minimum=0.0)
-        if d > 1:
-            fail(fn, f"drop_fraction must be in [0, 1], got {d}")
+        check_step_drop(fn, self.lr_drop, self.drop_fraction)
         return self
 
     @property
@@ -705,7 +703,7 @@ class FitConfig:
 
     def lr_factor(self, step: int) -> float:
         """The schedule: 1 for the first ``drop_fraction`` of the steps, then ``lr_drop``."""
-        return 1.0 if step < round(self.drop_fraction * self.steps) else float(self.lr_drop)
+        return step_drop_factor(step, self.steps, self.lr_drop, self.drop_fraction)
 
 
 def _moment_scale(M2: torch.Tensor) -> float:
