@@ -250,6 +250,16 @@ def test_cli_train_resume_evaluate(tiny, tmp_path, capsys):
         assert (tmp_path / "rf" / f).is_file(), f
     doc = json.loads((tmp_path / "rf" / "refine.json").read_text())
     assert [r["round"] for r in doc["rounds"]] == [1, 2] and doc["fsc_resolution_05_A"] > 0
+    assert [r["search"] for r in doc["rounds"]] == ["global", "local"]
+    # --global-rounds: every round searches globally (the low-SNR setting)
+    assert main(["amortized", "refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "rg"),
+                 "--rounds", "2", "--global-rounds", "2", "--step", "30", "--quiet"]) == 0
+    doc_g = json.loads((tmp_path / "rg" / "refine.json").read_text())
+    assert [r["search"] for r in doc_g["rounds"]] == ["global", "global"]
+    assert main(["amortized", "refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "rg0"),
+                 "--global-rounds", "0", "--quiet"]) == 1
+    assert "refine_poses: global_rounds" in capsys.readouterr().err
+    assert not (tmp_path / "rg0").exists()
     assert 0 <= doc["rounds"][-1]["rot_median_angle_deg"] <= 180
     refined = oc.io.read_star(tmp_path / "rf" / "poses.star")
     assert refined.rotations().shape == (len(oc.io.read_star(d / "p.star")), 3, 3)
@@ -279,7 +289,8 @@ def test_cli_help_is_a_guide(capsys):
     with pytest.raises(SystemExit):
         main(["amortized", "refine", "--help"])
     text = capsys.readouterr().out
-    for needle in ("--rounds", "--step", "projection matching", "poses.star", "refine.json", "examples:"):
+    for needle in ("--rounds", "--global-rounds", "--step", "projection matching", "poses.star", "refine.json",
+                   "examples:"):
         assert needle in text
 
 

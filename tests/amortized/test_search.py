@@ -112,6 +112,7 @@ def test_projection_matching_from_a_blurred_map():
     res = refine_poses(blurred, imgs, rounds=3, step=12.0, refine=3, local_step=4.0, regularization=0.01,
                        callback=lambda r, Rr, v: errs.append(float(oc.metrics.rotation_angle(R, Rr).median())))
     assert len(errs) == 3 and len(res.history) == 3 and math.isnan(res.history[0]["mean_change_deg"])
+    assert [h["search"] for h in res.history] == ["global", "local", "local"]
     assert errs[-1] < 10.0 and errs[-1] < errs[0], errs  # measured: 11.0, 8.3, 6.9
     assert res.volume.shape == (D, D, D)
     corr = lambda v: float(torch.corrcoef(torch.stack([v.flatten(), vol.flatten()]))[0, 1])  # noqa: E731

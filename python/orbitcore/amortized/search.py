@@ -275,8 +275,8 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
         change = float("nan") if R is None else float(rotation_angle(R, res.rotations).mean())
         R = res.rotations
         vol = backproject(img, R.to(vol.dtype), t, ctf, regularization=regularization)
-        history.append({"round": r, "mean_score": float(res.scores.mean()), "mean_change_deg": change,
-                        "seconds": time.perf_counter() - t0})
+        history.append({"round": r, "search": "local" if local else "global", "mean_score": float(res.scores.mean()),
+                        "mean_change_deg": change, "seconds": time.perf_counter() - t0})
         if callback is not None:
             callback(r, R, vol)
     return RefinementResult(rotations=R, volume=vol, history=history)
