@@ -16,7 +16,8 @@ simulated densities (§5.1). This script asks whether the same helps cryo-EM:
    do not include the test's). Exact moments (eq. 20 on the 100 × 12 rule), normalised as
    :func:`orbitcore.mom.cryoem.fit` normalises data moments.
 2. **Supervised ξ^ρ.** :class:`MomentEncoder` trained with the cross-entropy
-   ``−Σ_j z_j log ẑ_j`` against the true ``z_ρ`` on the rule.
+   ``−Σ_j z_j log ẑ_j`` against the true ``z_ρ`` on the rule, its inputs standardised feature
+   by feature over the training set (``--no-standardise``: as the fits feed them).
 3. **Transfer.** The encoder applied to the 70S's exact moments (vMF seed 0: the density of
    every 70S run); reported: the cross-entropy and the correlation of the density on the viewing
    directions with the truth, against a uniform guess and the free fit's 0.39.
@@ -25,9 +26,9 @@ simulated densities (§5.1). This script asks whether the same helps cryo-EM:
    encoder's prediction; compared with the same fit with the true density.
 
     PYTHONPATH=python python scripts/mom_cryoem_pretrain_density.py --volumes 400 --densities 8 \
-        --steps 4000 --out /tmp/pretrain                      # 9 min on one core
+        --steps 4000 --out /tmp/pretrain                      # 8 min on one core
     PYTHONPATH=python python scripts/mom_cryoem_pretrain_density.py --volumes 1 --densities 600 \
-        --steps 1500 --out /tmp/pretrain                      # the control: one fixed volume
+        --holdout 0.167 --steps 1500 --out /tmp/pretrain_control   # one fixed volume
 
 ``--volumes 1`` is the control: with one volume the map z → M2 is linear, so the density is
 identifiable from the moments and a working encoder must learn it.
