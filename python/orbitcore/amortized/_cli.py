@@ -71,8 +71,9 @@ of 32x32 at 7.5 degrees on one thread (benchmarks/RESULTS.md, pose search); all 
 held in memory (N x n^2 x 4 bytes).
 
 Writes OUT/poses.star (the refined rotations, the encoder's shifts), OUT/volume.mrc (at the
-model's box) and OUT/refine.json (per round: mean log-likelihood, mean rotation change; the pose
-errors when the particle file has poses; the FSC with --reference, and OUT/fsc.png).
+model's box) and OUT/refine.json (per round: global or local search, mean log-likelihood, mean
+rotation change; the pose errors when the particle file has poses; the FSC with --reference,
+and OUT/fsc.png).
 
 examples:
   orbitcore amortized refine --checkpoint run1/checkpoint.pt --out run1/refined --rounds 3

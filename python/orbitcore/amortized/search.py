@@ -207,8 +207,8 @@ def search_poses(volume, images, *, ctf=None, shifts=None, step: float = 7.5, re
 class RefinementResult:
     """Result of :func:`refine_poses`: the final ``rotations (N, 3, 3)`` and ``volume (D, D, D)``
     (the images' units, the input map's frame), and ``history``: one dict per round (``round``,
-    ``mean_score``, ``mean_change_deg``: the mean rotation change from the previous round,
-    ``seconds``)."""
+    ``search``: ``"global"`` or ``"local"``, ``mean_score``, ``mean_change_deg``: the mean rotation
+    change from the previous round, ``seconds``)."""
     rotations: torch.Tensor
     volume: torch.Tensor
     history: list
