@@ -256,6 +256,18 @@ def test_cli_train_resume_evaluate(tiny, tmp_path, capsys):
                  "--rounds", "2", "--global-rounds", "2", "--step", "30", "--quiet"]) == 0
     doc_g = json.loads((tmp_path / "rg" / "refine.json").read_text())
     assert [r["search"] for r in doc_g["rounds"]] == ["global", "global"]
+    # --shift-search: the shifts are re-estimated (reported per round) and written in the file's units
+    assert main(["amortized", "refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "rs"),
+                 "--rounds", "1", "--step", "30", "--shift-search", "1.5", "--quiet"]) == 0
+    doc_s = json.loads((tmp_path / "rs" / "refine.json").read_text())
+    assert doc_s["rounds"][0]["mean_shift_change_px"] > 0 and doc["rounds"][0]["mean_shift_change_px"] == 0
+    t_enc = oc.io.ParticleStack(tmp_path / "rf" / "poses.star", data_dir=d).shifts
+    t_ref = oc.io.ParticleStack(tmp_path / "rs" / "poses.star", data_dir=d).shifts
+    assert not torch.allclose(t_enc, t_ref)
+    assert main(["amortized", "refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "rs0"),
+                 "--shift-search", "0.1", "--quiet"]) == 1
+    assert "refine_poses: shift_search" in capsys.readouterr().err
+    assert not (tmp_path / "rs0").exists()
     assert main(["amortized", "refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "rg0"),
                  "--global-rounds", "0", "--quiet"]) == 1
     assert "refine_poses: global_rounds" in capsys.readouterr().err
@@ -289,8 +301,8 @@ def test_cli_help_is_a_guide(capsys):
     with pytest.raises(SystemExit):
         main(["amortized", "refine", "--help"])
     text = capsys.readouterr().out
-    for needle in ("--rounds", "--global-rounds", "--step", "projection matching", "poses.star", "refine.json",
-                   "examples:"):
+    for needle in ("--rounds", "--global-rounds", "--shift-search", "--step", "projection matching", "poses.star",
+                   "refine.json", "examples:"):
         assert needle in text
 
 

@@ -16,7 +16,7 @@ from .model import (  # noqa: F401
     VoxelDecoder,
     form_images,
 )
-from .search import RefinementResult, SearchResult, refine_poses, search_poses  # noqa: F401
+from .search import RefinementResult, SearchResult, refine_poses, refine_shifts, search_poses  # noqa: F401
 from .train import (  # noqa: F401
     EvaluationResult,
     TrainConfig,

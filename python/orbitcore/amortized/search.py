@@ -32,12 +32,12 @@ from dataclasses import dataclass
 import torch
 
 from .._validate import check_finite, check_float, check_int, fail, to_tensor
-from ..fourier import fft2c, radial_frequency
+from ..fourier import fft2c, ifft2c, radial_frequency
 from ..geometry import axis_angle_to_matrix
 from ..physics import CTFParams, shift_phases
 from ..physics.projection import Projector
 
-__all__ = ["RefinementResult", "SearchResult", "refine_poses", "search_poses"]
+__all__ = ["RefinementResult", "SearchResult", "refine_poses", "refine_shifts", "search_poses"]
 
 
 @dataclass
@@ -87,6 +87,39 @@ def _stencil(step_deg: float, dtype) -> torch.Tensor:
     return R.to(dtype)
 
 
+def _inputs(fn: str, volume, images, ctf, shifts, radius):
+    """The checked map, images, CTF values, shifts and radius shared by :func:`search_poses` and
+    :func:`refine_shifts`: ``(vol (D, D, D), img (N, D, D), C (N, D, D) | None, t (N, 2) | None,
+    radius)``, all in the map's dtype."""
+    vol, _ = to_tensor(volume, fn, "volume")
+    if vol.dim() != 3 or len(set(vol.shape)) != 1 or vol.is_complex() or not vol.is_floating_point():
+        fail(fn, f"volume must be a real (D, D, D) tensor, got {vol.dtype} {tuple(vol.shape)}")
+    check_finite(fn, "volume", vol)
+    D = vol.shape[-1]
+    img, _ = to_tensor(images, fn, "images")
+    if img.dim() != 3 or tuple(img.shape[1:]) != (D, D) or img.is_complex() or not img.is_floating_point() \
+            or img.shape[0] == 0:
+        fail(fn, f"images must be real (N, {D}, {D}) with N >= 1 (the volume is {D}³), "
+                 f"got {img.dtype} {tuple(img.shape)}")
+    check_finite(fn, "images", img)
+    N = img.shape[0]
+    radius = D / 2 - 1 if radius is None else check_float(fn, "radius", radius, positive=True)
+    if radius > D / 2 - 1:
+        fail(fn, f"radius must be at most D/2 - 1 = {D / 2 - 1:g} Fourier pixels (where the images are exactly "
+                 f"Hermitian), got {radius:g}")
+    dtype = vol.dtype
+    if ctf is None:
+        C = None
+    elif isinstance(ctf, CTFParams):
+        if len(ctf) != N:
+            fail(fn, f"ctf must have {N} entries (one per image), got {len(ctf)}")
+        C = ctf.evaluate(D, dtype=torch.float64).to(dtype)
+    else:
+        C = _real(fn, "ctf", ctf, (N, D, D), dtype, "a CTFParams or real values")
+    t = None if shifts is None else _real(fn, "shifts", shifts, (N, 2), dtype, "real pixels")
+    return vol, img, C, t, radius
+
+
 @torch.no_grad()
 def search_poses(volume, images, *, ctf=None, shifts=None, step: float = 7.5, refine: int = 3,
                  radius: float | None = None, fit_scale: bool = True, init_rotations=None, batch_size: int = 128,
@@ -114,38 +147,14 @@ def search_poses(volume, images, *, ctf=None, shifts=None, step: float = 7.5, re
         :class:`SearchResult`. The rotations are in the map's frame.
     """
     fn = "search_poses"
-    vol, _ = to_tensor(volume, fn, "volume")
-    if vol.dim() != 3 or len(set(vol.shape)) != 1 or vol.is_complex() or not vol.is_floating_point():
-        fail(fn, f"volume must be a real (D, D, D) tensor, got {vol.dtype} {tuple(vol.shape)}")
-    check_finite(fn, "volume", vol)
-    D = vol.shape[-1]
-    img, _ = to_tensor(images, fn, "images")
-    if img.dim() != 3 or tuple(img.shape[1:]) != (D, D) or img.is_complex() or not img.is_floating_point() \
-            or img.shape[0] == 0:
-        fail(fn, f"images must be real (N, {D}, {D}) with N >= 1 (the volume is {D}³), "
-                 f"got {img.dtype} {tuple(img.shape)}")
-    check_finite(fn, "images", img)
-    N = img.shape[0]
+    vol, img, C, t, radius = _inputs(fn, volume, images, ctf, shifts, radius)
+    N, D, dtype = img.shape[0], vol.shape[-1], vol.dtype
+    ctype = torch.complex128 if dtype == torch.float64 else torch.complex64
     step = check_float(fn, "step", step, positive=True)
     if step > 90:
         fail(fn, f"step must be at most 90 degrees, got {step}")
     refine = check_int(fn, "refine", refine, minimum=0)
     batch_size = check_int(fn, "batch_size", batch_size, minimum=1)
-    radius = D / 2 - 1 if radius is None else check_float(fn, "radius", radius, positive=True)
-    if radius > D / 2 - 1:
-        fail(fn, f"radius must be at most D/2 - 1 = {D / 2 - 1:g} Fourier pixels (where the images are exactly "
-                 f"Hermitian), got {radius:g}")
-    dtype = vol.dtype
-    ctype = torch.complex128 if dtype == torch.float64 else torch.complex64
-    if ctf is None:
-        C = None
-    elif isinstance(ctf, CTFParams):
-        if len(ctf) != N:
-            fail(fn, f"ctf must have {N} entries (one per image), got {len(ctf)}")
-        C = ctf.evaluate(D, dtype=torch.float64).to(dtype)
-    else:
-        C = _real(fn, "ctf", ctf, (N, D, D), dtype, "a CTFParams or real values")
-    t = None if shifts is None else _real(fn, "shifts", shifts, (N, 2), dtype, "real pixels")
     R0 = None if init_rotations is None else _real(fn, "init_rotations", init_rotations, (N, 3, 3), dtype, "real")
     if R0 is not None:
         R0 = R0.to(vol.device)
@@ -203,15 +212,73 @@ def search_poses(volume, images, *, ctf=None, shifts=None, step: float = 7.5, re
                         seconds=time.perf_counter() - t0)
 
 
+
+@torch.no_grad()
+def refine_shifts(volume, images, rotations, *, ctf=None, shifts=None, max_shift: float = 2.0, upsample: int = 4,
+                  radius: float | None = None, batch_size: int = 128) -> torch.Tensor:
+    """The maximum-likelihood in-plane shift of every image at given rotations.
+
+    With the rotation fixed, only ``c_i`` of the module docstring depends on the shift
+    (``|S_t| = 1``), so both forms of ``ℓ`` peak where ``c_i(t) = Re⟨C_i S_t^* Î_i, P̂(R_i)⟩`` does.
+    That is a cross-correlation: ``c_i(t) ∝ Re F⁻¹[C_i Î_i conj(P̂(R_i))](t)`` over the disk,
+    evaluated on a grid of ``1/upsample`` pixels by zero-padding the product before the inverse
+    FFT; the maximum is taken within ``max_shift`` pixels of the prior ``shifts`` (of 0 without).
+
+    Args:
+        volume, images, ctf, radius, batch_size: as in :func:`search_poses`.
+        rotations: ``(N, 3, 3)`` the images' rotations in the map's frame.
+        shifts: ``None`` or ``(N, 2)`` prior shifts ``(tx, ty)`` in pixels (content moved by
+            ``+t``): the centres of the search windows.
+        max_shift: window radius in pixels (``> 0``).
+        upsample: grid refinement (``>= 1``; the shifts come on a ``1/upsample``-pixel grid).
+
+    Returns:
+        ``(N, 2)`` float64 shifts in pixels, the same convention.
+    """
+    fn = "refine_shifts"
+    vol, img, C, t, radius = _inputs(fn, volume, images, ctf, shifts, radius)
+    N, D, dtype = img.shape[0], vol.shape[-1], vol.dtype
+    R = _real(fn, "rotations", rotations, (N, 3, 3), dtype, "real").to(vol.device)
+    max_shift = check_float(fn, "max_shift", max_shift, positive=True)
+    upsample = check_int(fn, "upsample", upsample, minimum=1)
+    if max_shift < 1 / upsample:
+        fail(fn, f"max_shift must be at least the grid spacing 1/upsample = {1 / upsample:g} pixels (so that every "
+                 f"window holds a grid point), got {max_shift:g}")
+    batch_size = check_int(fn, "batch_size", batch_size, minimum=1)
+    L = upsample * D
+    lo = L // 2 - D // 2
+    disk = (radial_frequency(D, 2) <= radius).to(vol.device)
+    g = (torch.arange(L, dtype=dtype, device=vol.device) - L // 2) / upsample   # grid positions, pixels
+    prior = torch.zeros(N, 2, dtype=dtype, device=vol.device) if t is None else t.to(vol.device)
+    proj = Projector(vol, pad=2, _fn=fn)
+    out = torch.empty(N, 2, dtype=torch.float64)
+    for s in range(0, N, batch_size):
+        e = min(N, s + batch_size)
+        X = fft2c(img[s:e].to(device=vol.device, dtype=dtype)) * proj.fourier(R[s:e]).conj()
+        if C is not None:
+            X = X * C[s:e].to(vol.device)
+        Xp = X.new_zeros(e - s, L, L)
+        Xp[:, lo:lo + D, lo:lo + D] = X * disk
+        corr = ifft2c(Xp).real                                   # (b, L, L): c(t) at t = (g[x], g[y])
+        p = prior[s:e]
+        d2 = (g[None, None, :] - p[:, 0, None, None]) ** 2 + (g[None, :, None] - p[:, 1, None, None]) ** 2
+        corr = corr.masked_fill(d2 > max_shift ** 2, -torch.inf)
+        best = corr.reshape(e - s, -1).argmax(1)
+        out[s:e, 0], out[s:e, 1] = g[best % L].double().cpu(), g[best // L].double().cpu()
+    return out
+
 @dataclass
 class RefinementResult:
     """Result of :func:`refine_poses`: the final ``rotations (N, 3, 3)`` and ``volume (D, D, D)``
     (the images' units, the input map's frame), and ``history``: one dict per round (``round``,
     ``search``: ``"global"`` or ``"local"``, ``mean_score``, ``mean_change_deg``: the mean rotation
-    change from the previous round, ``seconds``)."""
+    change from the previous round, ``mean_shift_change_px``: the mean shift change in the
+    round (0 unless shifts are searched), ``seconds``), and the final ``shifts (N, 2)`` float64
+    (the input shifts, or zeros, unless ``shift_search`` moved them)."""
     rotations: torch.Tensor
     volume: torch.Tensor
     history: list
+    shifts: torch.Tensor | None = None
 
 
 def check_refine_settings(rounds, step, local_step, regularization, global_rounds=1) -> tuple:
@@ -224,9 +291,20 @@ def check_refine_settings(rounds, step, local_step, regularization, global_round
             check_int(fn, "global_rounds", global_rounds, minimum=1))
 
 
+def check_shift_search(shift_search) -> float:
+    """:func:`refine_poses`' ``shift_search``, checked (the command line calls it before its slow
+    evaluation): 0, or at least the ¼-pixel grid spacing of :func:`refine_shifts`."""
+    v = check_float("refine_poses", "shift_search", shift_search, minimum=0.0)
+    if 0 < v < 0.25:
+        fail("refine_poses", f"shift_search must be 0 (shifts fixed) or at least the 0.25-pixel grid spacing, "
+                             f"got {v:g}")
+    return v
+
+
 def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step: float = 7.5, refine: int = 3,
                  local_step: float = 4.0, regularization: float = 1.0, radius: float | None = None,
-                 global_rounds: int = 1, callback=None, verbose: bool = False) -> RefinementResult:
+                 global_rounds: int = 1, shift_search: float = 0.0, callback=None,
+                 verbose: bool = False) -> RefinementResult:
     """Projection matching from a starting map, e.g. an amortized decoder's: alternate the
     maximum-likelihood rotations (:func:`search_poses`, scale fitted; global searches in the first
     ``global_rounds`` rounds, local searches from the previous rotations after) and the known-pose
@@ -234,7 +312,7 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
 
     Args:
         volume: real ``(D, D, D)`` starting map (any units and frame).
-        images, shifts: as in :func:`search_poses` (the shifts are kept fixed).
+        images, shifts: as in :func:`search_poses` (kept fixed unless ``shift_search > 0``).
         ctf: ``None`` or a :class:`~orbitcore.physics.CTFParams` with ``N`` entries (the
             reconstruction needs the parameters, not only the values).
         rounds: search + reconstruction rounds (``>= 1``).
@@ -243,6 +321,9 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
             halved ``refine`` times.
         global_rounds: how many of the first rounds search globally (``1 <= global_rounds``; more
             than one for a start far from the answer).
+        shift_search: ``> 0``: after every rotation search, each image's shift is re-estimated
+            at its new rotation (:func:`refine_shifts`, ¼-pixel grid) within ``shift_search``
+            pixels of its input shift (of 0 without); ``0`` keeps the input shifts.
         regularization: ``λ`` of :func:`~orbitcore.physics.backproject` (relative to the mean
             weight; 1.0 was the best of a sweep at 0 and −10 dB in
             docs/evidence/amortized/README.md).
@@ -254,6 +335,7 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
     fn = "refine_poses"
     rounds, step, local_step, regularization, global_rounds = check_refine_settings(
         rounds, step, local_step, regularization, global_rounds)
+    shift_search = check_shift_search(shift_search)
     if callback is not None and not callable(callback):
         fail(fn, f"callback must be callable, got {type(callback).__name__}", TypeError)
     if ctf is not None and not isinstance(ctf, CTFParams):
@@ -266,6 +348,7 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
     img, _ = to_tensor(images, fn, "images")
     img = img.to(vol.dtype)
     t = None if shifts is None else torch.as_tensor(shifts).to(vol.dtype)
+    prior = t  # the centres of the shift windows stay the input shifts
     R, history = None, []
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
@@ -274,10 +357,18 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
                            radius=radius, fit_scale=True, init_rotations=R if local else None, verbose=verbose)
         change = float("nan") if R is None else float(rotation_angle(R, res.rotations).mean())
         R = res.rotations
+        moved = 0.0
+        if shift_search > 0:
+            t_new = refine_shifts(vol, img, R, ctf=ctf, shifts=prior, max_shift=shift_search,
+                                  radius=radius).to(vol.dtype)
+            moved = float((t_new - (0 if t is None else t)).norm(dim=1).mean())
+            t = t_new
         vol = backproject(img, R.to(vol.dtype), t, ctf, regularization=regularization)
         history.append({"round": r, "search": "local" if local else "global", "mean_score": float(res.scores.mean()),
-                        "mean_change_deg": change, "seconds": time.perf_counter() - t0})
+                        "mean_change_deg": change, "mean_shift_change_px": moved,
+                        "seconds": time.perf_counter() - t0})
         if callback is not None:
             callback(r, R, vol)
-    return RefinementResult(rotations=R, volume=vol, history=history)
+    final = torch.zeros(img.shape[0], 2, dtype=torch.float64) if t is None else t.double().cpu()
+    return RefinementResult(rotations=R, volume=vol, history=history, shifts=final)
 
