@@ -37,6 +37,9 @@ from ..geometry import axis_angle_to_matrix
 from ..physics import CTFParams, shift_phases
 from ..physics.projection import Projector
 
+# the shift grid of refine_poses(shift_search=): 1/4 pixel (refine_shifts' upsample)
+_SHIFT_UPSAMPLE = 4
+
 __all__ = ["RefinementResult", "SearchResult", "refine_poses", "refine_shifts", "search_poses"]
 
 
@@ -293,11 +296,11 @@ def check_refine_settings(rounds, step, local_step, regularization, global_round
 
 def check_shift_search(shift_search) -> float:
     """:func:`refine_poses`' ``shift_search``, checked (the command line calls it before its slow
-    evaluation): 0, or at least the ¼-pixel grid spacing of :func:`refine_shifts`."""
+    evaluation): 0, or at least the grid spacing of :func:`refine_shifts` (¼ pixel)."""
     v = check_float("refine_poses", "shift_search", shift_search, minimum=0.0)
-    if 0 < v < 0.25:
-        fail("refine_poses", f"shift_search must be 0 (shifts fixed) or at least the 0.25-pixel grid spacing, "
-                             f"got {v:g}")
+    if 0 < v < 1 / _SHIFT_UPSAMPLE:
+        fail("refine_poses", f"shift_search must be 0 (shifts fixed) or at least the {1 / _SHIFT_UPSAMPLE:g}-pixel "
+                             f"grid spacing, got {v:g}")
     return v
 
 
@@ -360,7 +363,7 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
         moved = 0.0
         if shift_search > 0:
             t_new = refine_shifts(vol, img, R, ctf=ctf, shifts=prior, max_shift=shift_search,
-                                  radius=radius).to(vol.dtype)
+                                  upsample=_SHIFT_UPSAMPLE, radius=radius).to(vol.dtype)
             moved = float((t_new - (0 if t is None else t)).norm(dim=1).mean())
             t = t_new
         vol = backproject(img, R.to(vol.dtype), t, ctf, regularization=regularization)
