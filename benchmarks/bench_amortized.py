@@ -19,7 +19,9 @@ is separable), the CNN on channels-last activations with each block's first Batc
 pair fused into one kernel (``orbitcore.ops.norm.batch_norm_relu``) and its second with the
 2×2 max pooling into another (``batch_norm_relu_max_pool2d``) (``PoseEncoder``); ``fft3c_padded``
 (pruned real FFTs) and ``fourier_slice`` with the Hermitian half-plane and the disk (voxel);
-``FourierNet.slice`` on the half-disk only (fouriernet); and every path (two per image with the
+``FourierNet.slice`` on the half-disk only (fouriernet; with ``fourier_scoring="grid"`` the
+paths are scored on a 2×-oversampled grid of the network, the one row where the two sides'
+losses may differ: a winner chosen by the approximate score, its loss exact); and every path (two per image with the
 symmetric loss, times the pose hypotheses) scored without gradients, only the winners rendered
 again with them (``AmortizedModel.forward``: the same loss and gradients).
 
@@ -155,7 +157,12 @@ def bench_decoder(decoder: str, n: int, B: int, rep: int, gen, model_kw: dict) -
     row = {"decoder": decoder, "n": n, "batch": B, "loss_ours": l_ours, "loss_baseline": l_base,
            "loss_rel_diff": abs(l_ours - l_base) / abs(l_base), "model": {k: (list(v) if isinstance(v, tuple) else v)
                                                                           for k, v in model_kw.items()}}
-    if not row["loss_rel_diff"] < 1e-5:
+    # grid scoring (FourierNet, ModelConfig.fourier_scoring="grid") may choose another winner where
+    # two paths score alike; the winners' losses are exact, so its loss is never below the exact
+    # minimum and, for the same model, within a small tolerance above it
+    grid = model_kw.get("fourier_scoring", "exact") == "grid"
+    tol = 2e-2 if grid else 1e-5
+    if not row["loss_rel_diff"] < tol or (grid and l_ours < l_base * (1 - 1e-5)):
         raise SystemExit(f"bench_amortized: the baseline and orbitcore losses differ ({l_base} vs {l_ours}), "
                          f"{decoder} n={n}: the comparison would not be of the same model")
     # the Trainer's optimiser (PyTorch's fused Adam) on both sides: the optimiser is not part of
@@ -254,6 +261,8 @@ def bench_evaluation(n: int, N: int, rep: int, gen, model_kw: dict) -> dict:
 def main():
     p = parser(__doc__)
     p.add_argument("--batch", type=int, default=None, help="override every batch size")
+    p.add_argument("--rows", type=int, nargs="+", default=None,
+                   help="run only these training configurations (0-based indices into the list in main)")
     args = p.parse_args()
     setup_threads(args)
     gen = torch.Generator().manual_seed(0)
@@ -271,11 +280,21 @@ def main():
         # rotation hypotheses per image, so 16x the decoder work per image
         (32, "voxel", 32, {**small, "pose_heads": 16, "whiten_rotation": True}),
         (64, "voxel", 16, {**small, "encoder_size": 32, "pose_heads": 16, "whiten_rotation": True}),
+        # the recipe with FourierNet (n = 32 only: the baseline's step takes seconds), the paths
+        # scored exactly, and scored on the oversampled grid (ModelConfig.fourier_scoring)
+        (32, "fouriernet", 16, {**small, "fourier_hidden": 128, "pose_heads": 16, "whiten_rotation": True}),
+        (32, "fouriernet", 16, {**small, "fourier_hidden": 128, "pose_heads": 16, "whiten_rotation": True,
+                                "fourier_scoring": "grid"}),
     ]
     if args.quick:
         configs = [(n, d, 8, kw) for n, d, _, kw in configs[:2] + configs[4:5]]
     elif args.batch:
         configs = [(n, d, args.batch, kw) for n, d, _, kw in configs]
+    if args.rows:
+        bad = [i for i in args.rows if not 0 <= i < len(configs)]
+        if bad:
+            raise SystemExit(f"bench_amortized: --rows must be in 0..{len(configs) - 1}, got {bad}")
+        configs = [configs[i] for i in args.rows]
     rows = []
     for n, dec, B, kw in configs:
         print(f"# {dec} n={n} batch={B}", flush=True)

@@ -147,7 +147,7 @@ def stage_train(args) -> dict:
     tag = f"{args.decoder}_snr{args.snr_db:+.0f}dB_{args.loss}_seed{args.seed}{args.tag}"
     mc = {"decoder": args.decoder, "symmetric": args.loss == "sym", "shifts": "predict",
           "encoder_size": args.encoder_size, "channels": tuple(args.channels), "fourier_hidden": args.fourier_hidden,
-          "seed": args.seed, "max_shift": 3.0, "pose_heads": args.heads, "whiten_rotation": bool(args.whiten),
+          "fourier_scoring": args.fourier_scoring, "seed": args.seed, "max_shift": 3.0, "pose_heads": args.heads, "whiten_rotation": bool(args.whiten),
           "encoder_input": "wiener" if args.wiener else ("phase_flipped" if args.phase_flip else "raw"),
           "wiener_eps": args.wiener_eps}
     tc = {"steps": args.steps, "batch_size": args.batch, "lr": args.lr, "num_workers": 0, "use_ctf": True,
@@ -365,6 +365,8 @@ def main():
     p.add_argument("--encoder-size", type=int, default=16)
     p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--fourier-hidden", type=int, default=64)
+    p.add_argument("--fourier-scoring", choices=("exact", "grid"), default="exact",
+                   help="ModelConfig.fourier_scoring: how FourierNet scores the competing paths")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--heads", type=int, default=1, help="rotation hypotheses per image (ModelConfig.pose_heads)")
     p.add_argument("--whiten", type=int, default=1, help="whitened rotation head (1) or not (0)")

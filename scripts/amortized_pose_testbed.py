@@ -81,6 +81,8 @@ def main():
     ap.add_argument("--decoder", default="voxel")
     ap.add_argument("--w0", type=float, default=30.0, help="FourierNet SIREN frequency ω₀")
     ap.add_argument("--fourier-hidden", type=int, default=64, help="FourierNet SIREN width")
+    ap.add_argument("--fourier-scoring", choices=("exact", "grid"), default="exact",
+                    help="ModelConfig.fourier_scoring (grid: paths scored on an oversampled grid of FourierNet)")
     ap.add_argument("--heads", type=int, default=1)
     ap.add_argument("--wiener", action="store_true",
                     help="encoder_input='wiener' (the encoder sees CTF-Wiener-filtered images; needs --ctf)")
@@ -97,7 +99,7 @@ def main():
           "whiten_rotation": bool(args.whiten),
           "channels": tuple(args.channels), "hidden": tuple(args.hidden), "filters": args.filters,
           "rotation": args.rotation, "pose_heads": args.heads, "seed": args.seed,
-          "fourier_hidden": args.fourier_hidden, "w0": args.w0,
+          "fourier_hidden": args.fourier_hidden, "w0": args.w0, "fourier_scoring": args.fourier_scoring,
           "encoder_input": "wiener" if args.wiener else ("phase_flipped" if args.phase_flip else "raw"),
           "wiener_eps": args.wiener_eps}
     tc = {"steps": args.steps, "batch_size": args.batch, "num_workers": 0, "use_ctf": args.ctf, "lr": args.lr,

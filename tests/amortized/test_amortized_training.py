@@ -286,6 +286,12 @@ def test_cli_train_resume_evaluate(tiny, tmp_path, capsys):
                  "--encoder-input", "wiener", "--wiener-eps", "0.01", *common]) == 0
     mc = load_checkpoint(tmp_path / "w" / "checkpoint.pt")["model_config"]
     assert mc["encoder_input"] == "wiener" and mc["wiener_eps"] == 0.01
+    # FourierNet with grid scoring of its pose hypotheses: trains, and the setting is kept
+    assert main(["amortized", "train", "--particles", str(d / "p.star"), "--out", str(tmp_path / "fg"), "--steps", "1",
+                 "--decoder", "fouriernet", "--fourier-hidden", "8", "--pose-heads", "2", "--fourier-scoring", "grid",
+                 *common]) == 0
+    mc = load_checkpoint(tmp_path / "fg" / "checkpoint.pt")["model_config"]
+    assert mc["fourier_scoring"] == "grid" and mc["pose_heads"] == 2
 
 
 def test_cli_help_is_a_guide(capsys):

@@ -31,7 +31,9 @@ CryoSPIN), each is rendered, and the loss keeps the best (eq. 10 generalised to 
 With several paths per image, ``forward`` scores every path without gradients and renders only
 each image's winner again with them: the minimum routes the gradient to the winner alone, so
 this is the same loss and gradients as differentiating every path, for a ``2K``-th of the
-decoder's backward (tested against that).
+decoder's backward (tested against that). With the FourierNet decoder the scoring can instead
+slice the network's values on a 2×-oversampled grid of the ball, computed once per batch
+(``ModelConfig.fourier_scoring="grid"``): only the choice of the winner is then approximate.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from torch import nn
 from .. import fourier
 from .._validate import check_float, check_int, fail
 from ..nn import FourierNet, PoseEncoder, RotationLayer
+from ..nn.fouriernet import canonical_half
 from ..nn.encoders import ROTATION_HEADS
 from ..ops.slice import fourier_slice
 from ..physics.projection import gridding_correction
@@ -54,6 +57,8 @@ __all__ = ["ModelConfig", "VoxelDecoder", "FourierNetDecoder", "AmortizedModel",
 DECODERS = ("voxel", "fouriernet")
 SHIFT_MODES = ("predict", "known", "none")
 ENCODER_INPUTS = ("raw", "phase_flipped", "wiener")
+FOURIER_SCORING = ("exact", "grid")
+GRID_PAD = 2  # oversampling of FourierNetDecoder.grid_ft (the voxel decoder's padding)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,6 +153,51 @@ class FourierNetDecoder(nn.Module):
                               modulation_layers=modulation_layers, w0=w0)
         self.scale = float(self.D)
 
+    @torch.no_grad()
+    def grid_ft(self, radius: float, pad: int = GRID_PAD) -> torch.Tensor:
+        """``V̂`` sampled on the ``pad``-fold oversampled centred grid: complex ``(pad·D)³``
+        (``[z, y, x]``, spacing ``1 / pad`` Fourier pixels, the layout of
+        :meth:`VoxelDecoder.fourier_volume`), without gradients.
+
+        The networks are queried only at the grid points a trilinear slice of radius ``radius``
+        can touch (``|k| <= radius + √3 / pad``) and only on the canonical half; the other half is
+        the conjugate mirror (eq. 7). Zero elsewhere."""
+        fn = "FourierNetDecoder.grid_ft"
+        pad = check_int(fn, "pad", pad, minimum=2)  # pad >= 2 keeps every touched point's mirror on the grid
+        r = check_float(fn, "radius", radius, positive=True)
+        if r > self.max_radius + 1e-9:
+            fail(fn, f"radius must be <= D/2 - 1 = {self.max_radius:g}, got {r:g}")
+        p = next(self.parameters())
+        M = pad * self.D
+        f = fourier.frequency_grid_3d(M, dtype=p.dtype, device=p.device).reshape(-1, 3)  # grid units, (x, y, z)
+        keep = canonical_half(f) & (f.square().sum(-1) <= (pad * r + 3 ** 0.5) ** 2)
+        q = f[keep]                                      # every |q| <= M/2 - 1: the mirror is on the grid
+        idx = keep.nonzero().squeeze(1)
+        fi = q.round().long() + M // 2                    # (x, y, z) indices of q, and of -q
+        mi = (M // 2 - (fi - M // 2))
+        midx = (mi[:, 2] * M + mi[:, 1]) * M + mi[:, 0]
+        vals = torch.cat([self.net(q[i:i + 65536] / pad) for i in range(0, q.shape[0], 65536)])
+        V = torch.zeros(M ** 3, dtype=vals.dtype, device=p.device)
+        V.index_copy_(0, idx, self.scale * vals)
+        V.index_copy_(0, midx, self.scale * vals.conj())  # V̂(-k) = conj V̂(k); DC is real, its own mirror
+        return V.view(M, M, M)
+
+    def grid_renderer(self, radius: float, pad: int = GRID_PAD):
+        """Approximate ``slices`` for scoring many paths without gradients: the network is
+        evaluated once on the oversampled grid (:meth:`grid_ft`) and every slice is a trilinear
+        :func:`orbitcore.fourier_slice` of it, as in :class:`VoxelDecoder`. Costs one network
+        query per grid point in the ball instead of one per slice point; pays off when a batch
+        renders more points than the ball holds (e.g. 16 hypotheses × 2 paths × 32 images at
+        n = 32: 390 k slice points against 69 k grid points)."""
+        V = self.grid_ft(radius, pad)
+
+        def render(rotations: torch.Tensor, n: int, radius_: float) -> torch.Tensor:
+            if radius_ > radius + 1e-9:
+                fail("FourierNetDecoder.grid_renderer", f"radius must be <= {radius:g} (the grid's), got {radius_:g}")
+            return fourier_slice(V, pad * rotations, size=n, radius=radius_, hermitian=True, check=False)
+
+        return render
+
     @property
     def max_radius(self) -> float:
         return self.D / 2 - 1
@@ -220,6 +270,15 @@ class ModelConfig:
         max_shift: bound of the predicted shifts in pixels (``max_shift · tanh``; default ``n / 8``).
         pad, init_scale: voxel decoder (:class:`VoxelDecoder`).
         fourier_hidden, amplitude_layers, modulation_layers, w0: FourierNet decoder.
+        fourier_scoring: how the FourierNet decoder scores the paths that compete for each image
+            (several pose heads, or the symmetric loss's two copies): ``"exact"`` (default)
+            queries the networks on every path's slice points; ``"grid"`` queries them once per
+            batch on a 2×-oversampled grid of the ball and scores every path by trilinear
+            slicing of it (:meth:`FourierNetDecoder.grid_renderer`). Only the choice of the
+            winner is approximate: the winners are rendered again exactly, so the loss, its
+            gradients and ``per_image`` are the exact ones of the chosen paths. With 16 heads
+            at n = 32 a training step is several times cheaper (benchmarks/RESULTS.md); with one
+            head it is dearer. No effect on the voxel decoder.
         seed: initialisation of every weight and of the volume.
     """
 
@@ -245,6 +304,7 @@ class ModelConfig:
     amplitude_layers: int = 2
     modulation_layers: int = 3
     w0: float = 30.0
+    fourier_scoring: str = "exact"
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -255,6 +315,8 @@ class ModelConfig:
             fail(fn, f"decoder must be one of {list(DECODERS)}, got {self.decoder!r}")
         if self.shifts not in SHIFT_MODES:
             fail(fn, f"shifts must be one of {list(SHIFT_MODES)}, got {self.shifts!r}")
+        if self.fourier_scoring not in FOURIER_SCORING:
+            fail(fn, f"fourier_scoring must be one of {list(FOURIER_SCORING)}, got {self.fourier_scoring!r}")
         if self.encoder_input not in ENCODER_INPUTS:
             fail(fn, f"encoder_input must be one of {list(ENCODER_INPUTS)}, got {self.encoder_input!r}")
         self.wiener_eps = check_float(fn, "wiener_eps", self.wiener_eps, positive=True)
@@ -312,7 +374,9 @@ class ModelOutput:
         flipped: ``(B,)`` bool, the rotated copy's path was chosen (all False without the
             symmetric loss).
         loss_direct, loss_rotated: ``(B,)`` the two paths' losses (``loss_rotated`` is None
-            without the symmetric loss); with several pose heads, each path's best head.
+            without the symmetric loss); with several pose heads, each path's best head. With
+            ``fourier_scoring="grid"`` these are the grid scores that chose the winner
+            (``per_image`` is always the exact loss of the chosen path).
         head: ``(B,)`` long, the winning rotation hypothesis (all 0 with one pose head).
     """
 
@@ -484,10 +548,12 @@ class AmortizedModel(nn.Module):
         Bx = x.shape[0]
         Rk = R.reshape(Bx, K, 3, 3)
         render = self.decoder.renderer()                         # one V̂ for both passes
+        approximate = c.decoder == "fouriernet" and c.fourier_scoring == "grid"
         with torch.no_grad():
+            score = self.decoder.grid_renderer(radius) if approximate else render
             ti = None if t is None else t.repeat_interleave(K, 0)
             ci = None if ctf is None else ctf.repeat_interleave(K, 0)
-            X = self.decode(Rk.reshape(Bx * K, 3, 3), ti, ci, radius, render=render)  # every path, eq. 8
+            X = self.decode(Rk.reshape(Bx * K, 3, 3), ti, ci, radius, render=score)  # every path, eq. 8
             d = fourier_l2(Y.repeat_interleave(K, 0), X, mask).view(Bx, K)
             del X
         dmin, head = d.min(1)                                   # min over the hypotheses
@@ -502,7 +568,7 @@ class AmortizedModel(nn.Module):
         hsel = head[rows]
         Rw = Rk[rows, hsel]                                      # the winning path's rotation
         tw = None if t is None else t[rows]
-        if torch.is_grad_enabled():                              # the winners, with gradients
+        if torch.is_grad_enabled() or approximate:              # the winners, exactly (with gradients in training)
             per = fourier_l2(Y[rows], self.decode(Rw, tw, None if ctf is None else ctf[rows], radius, render=render),
                              mask)
         else:
