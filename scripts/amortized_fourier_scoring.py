@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import time
 
@@ -70,7 +71,9 @@ def main() -> None:
     if args.out:
         p = pathlib.Path(args.out)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(doc, indent=1))
+        tmp = p.with_suffix(p.suffix + ".tmp")  # no partial file if interrupted
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, p)
 
 
 if __name__ == "__main__":
