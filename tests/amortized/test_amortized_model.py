@@ -12,6 +12,7 @@ import orbitcore as oc
 from orbitcore.amortized import AmortizedModel, ModelConfig, fourier_l2, form_images, symmetric_loss
 from orbitcore.geometry import random_rotations, s2s2_to_matrix
 from orbitcore.nn import RotationLayer
+from orbitcore.ops import _reference as reference
 from orbitcore.physics import CTFParams, Projector, rotate180
 
 
@@ -321,48 +322,28 @@ def test_winner_only_gradients_equal_differentiating_every_path(decoder, heads, 
 # ----------------------------------------------------------------------------------------------
 # FourierNet scored on an oversampled grid (ModelConfig.fourier_scoring="grid")
 # ----------------------------------------------------------------------------------------------
-def _trilinear_reference(net_values, p):
-    """Trilinear interpolation at grid-unit points ``p (..., 3)`` (x, y, z) of a function given
-    point-wise by ``net_values(q)`` at integer grid points ``q (..., 3)``: the eight corners
-    queried one by one (no grid array involved)."""
-    p0 = torch.floor(p)
-    w = p - p0
-    out = 0
-    for dx in (0, 1):
-        for dy in (0, 1):
-            for dz in (0, 1):
-                d = torch.tensor([dx, dy, dz], dtype=p.dtype)
-                wt = ((w[..., 0] if dx else 1 - w[..., 0]) * (w[..., 1] if dy else 1 - w[..., 1])
-                      * (w[..., 2] if dz else 1 - w[..., 2]))
-                out = out + wt * net_values(p0 + d)
-    return out
-
-
 @pytest.mark.parametrize("n", [12, 13])
 def test_fouriernet_grid_renderer_is_trilinear_interpolation_of_the_network(n):
-    """Reference: for every slice point inside the disk, the eight grid corners around
-    ``2 · R k`` are queried from the network directly (``scale · net(q / 2)``) and blended
-    trilinearly in float64; the grid renderer must give the same, and zero outside the disk."""
+    """Reference: the network queried point by point at every grid point of the ball
+    (``scale · net(q / 2)``, its own Hermitian rule, none of ``grid_ft``'s half-space and mirror
+    indexing), zero elsewhere, sliced by the pure-torch trilinear reference at ``2 · R k`` in
+    float64; the grid renderer must give the same, zero outside the disk, and ``grid_ft`` must
+    be that grid."""
     m = AmortizedModel.create(n, decoder="fouriernet", fourier_hidden=16, channels=(4, 8), hidden=(8,), w0=5.0,
                               seed=2).double()
     dec = m.decoder
     r = m.config.radius
     R = random_rotations(4, generator=_gen(8), dtype=torch.float64)
-    with torch.no_grad():
-        got = dec.grid_renderer(r)(R, n, r)
-        k = oc.fourier.frequencies(n, dtype=torch.float64)
-        ky, kx = torch.meshgrid(k, k, indexing="ij")
-        plane = torch.stack((kx, ky, torch.zeros_like(kx)), -1)
-        p = 2 * torch.einsum("bij,yxj->byxi", R, plane)
-        ref = _trilinear_reference(lambda q: dec.scale * dec.net(q / 2), p) * _disk(n, r)
-    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
-    # and the grid itself: the network at the grid points of the ball, conjugate-symmetric
-    V = dec.grid_ft(r)
     g = oc.fourier.frequency_grid_3d(2 * dec.D, dtype=torch.float64)
     ball = g.norm(dim=-1) <= 2 * r + 3 ** 0.5
     with torch.no_grad():
-        torch.testing.assert_close(V[ball], dec.scale * dec.net(g[ball] / 2), rtol=1e-12, atol=1e-12)
-    assert V[~ball].abs().max() == 0
+        Vref = torch.zeros(g.shape[:-1], dtype=torch.complex128)
+        Vref[ball] = dec.scale * dec.net(g[ball] / 2)
+        ref = reference.trilinear_sample(Vref, 2 * reference.plane_coords(R, n)) * _disk(n, r)
+        got = dec.grid_renderer(r)(R, n, r)
+        V = dec.grid_ft(r)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(V, Vref, rtol=1e-12, atol=1e-12)
 
 
 def test_fouriernet_grid_scoring_is_close_to_the_exact_slices_once_fitted():
