@@ -12,14 +12,16 @@ implementations write them:
   ``torch.nn.functional.grid_sample`` (trilinear on the [Re, Im] channels) over the full
   ``n × n`` plane, then masked;
 * fouriernet: the network evaluated at every point of the ``n × n`` plane (the Hermitian rule
-  of eq. 7 applied point by point), then masked.
+  of eq. 7 applied point by point), its SIREN activations the plain ``torch.sin(w0 · z)``
+  (``orbitcore.nn.plain_sine``), then masked.
 
 orbitcore: the filter bank as two small matrix products per filter (``G X Gᵀ``, the Gaussian
 is separable), the CNN on channels-last activations with each block's first BatchNorm → ReLU
 pair fused into one kernel (``orbitcore.ops.norm.batch_norm_relu``) and its second with the
 2×2 max pooling into another (``batch_norm_relu_max_pool2d``) (``PoseEncoder``); ``fft3c_padded``
 (pruned real FFTs) and ``fourier_slice`` with the Hermitian half-plane and the disk (voxel);
-``FourierNet.slice`` on the half-disk only (fouriernet; with ``fourier_scoring="grid"`` the
+``FourierNet.slice`` on the half-disk only, the SIREN activations on the sine kernel
+(``orbitcore.ops.sine_activation``: one pass forward, one backward) (fouriernet; with ``fourier_scoring="grid"`` the
 paths are scored on a 2×-oversampled grid of the network, the one row where the two sides'
 losses may differ: a winner chosen by the approximate score, its loss exact); and every path (two per image with the
 symmetric loss, times the pose hypotheses) scored without gradients, only the winners rendered
@@ -46,6 +48,7 @@ import orbitcore as oc
 from orbitcore import fourier
 from orbitcore.amortized import AmortizedModel
 from orbitcore.amortized.losses import fourier_l2, symmetric_loss
+from orbitcore.nn import plain_sine
 from orbitcore.physics import CTFParams, Projector, pseudo_molecule, rotate180
 from orbitcore.physics.projection import gridding_correction
 
@@ -112,6 +115,10 @@ class BaselineModel(torch.nn.Module):
         return enc.poses_from_features(x.flatten(1))
 
     def forward(self, images: torch.Tensor, ctf: torch.Tensor):
+        with plain_sine():  # the public codes' SIREN layer: torch.sin(w0 * (W x + b))
+            return self._forward(images, ctf)
+
+    def _forward(self, images: torch.Tensor, ctf: torch.Tensor):
         B = images.shape[0]
         Y = fourier.fft2c(images)
         x = torch.cat((images, rotate180(images)))
@@ -198,8 +205,9 @@ def bench_decoder(decoder: str, n: int, B: int, rep: int, gen, model_kw: dict) -
         torch.autograd.grad(fourier_l2(Y, X, model.mask).sum(), params + [R, t])
 
     def dec_base():
-        X = base.slices(R) * C2 * _shift_phase(n, t)
-        torch.autograd.grad(fourier_l2(Y, X, base.mask).sum(), params + [R, t])
+        with plain_sine():
+            X = base.slices(R) * C2 * _shift_phase(n, t)
+            torch.autograd.grad(fourier_l2(Y, X, base.mask).sum(), params + [R, t])
 
     # the encoder alone: forward and backward on the 2B images (the batch and its π rotations)
     x2 = torch.cat((imgs, rotate180(imgs)))

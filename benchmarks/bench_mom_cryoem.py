@@ -12,13 +12,13 @@ quadrature, float32, density z = softmax(free logits)):
               ``‖M̂1 − M1‖ + λ‖M̂2 − M2‖`` with ``torch.linalg.norm`` → autograd.
     orbitcore ``VoxelVolume.slices`` (``fourier_slice`` kernel, Hermitian half-slices) →
               ``moment_loss(..., conjugate=)`` (the real basis) → autograd through both ops.
-  FourierNet model (the paper's v̂_φ, hidden 256; the network queries are the same torch code
-  in both)
-    baseline  the network at all q·m rotated frequencies → dense M2 → norms → autograd.
+  FourierNet model (the paper's v̂_φ, hidden 256; the same network on both sides)
+    baseline  the network at all q·m rotated frequencies, its activations the plain PyTorch
+              ``torch.sin(w0 · z)`` (``orbitcore.nn.plain_sine``) → dense M2 → norms → autograd.
     orbitcore ``FourierNetVolume(query="direct")``: the network at one representative of each
               pair ±k (Hermitian symmetry) and at one rotation of each pair Q, Q·Rz(π) of
               the quadrature (its slice is S(−k)): a quarter of the queries, the same
-              values → ``moment_loss``;
+              values, the SIREN activations on orbitcore's sine kernel → ``moment_loss``;
               and ``query="grid"`` (network on the n³ half spectrum → inverse FT →
               ``fourier_slice``).
 
@@ -40,6 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 import orbitcore as oc  # noqa: E402
 from orbitcore.geometry import so3_quadrature  # noqa: E402
 from orbitcore.mom.cryoem_models import FourierNetVolume, VoxelVolume, gaussian_blob  # noqa: E402
+from orbitcore.nn import plain_sine  # noqa: E402
 from orbitcore.physics.projection import prepare_volume_ft  # noqa: E402
 
 
@@ -127,11 +128,12 @@ def run_size(n: int, repeat: int, hidden: int) -> dict:
         return f
 
     def fourier_base():
-        S = fn_direct.net(torch.einsum("qij,mj->qmi", Q, kall))
-        L = baseline_loss(S, torch.softmax(logits, 0), M1h, M2h, lam)
-        fn_direct.zero_grad(set_to_none=True)
-        logits.grad = None
-        L.backward()
+        with plain_sine():
+            S = fn_direct.net(torch.einsum("qij,mj->qmi", Q, kall))
+            L = baseline_loss(S, torch.softmax(logits, 0), M1h, M2h, lam)
+            fn_direct.zero_grad(set_to_none=True)
+            logits.grad = None
+            L.backward()
         return float(L.detach())
 
     # agreement of the loss values

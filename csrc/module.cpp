@@ -17,6 +17,7 @@ void bind_moments(py::module_& m);
 void bind_pswf(py::module_& m);
 void bind_em(py::module_& m);
 void bind_norm(py::module_& m);
+void bind_sine(py::module_& m);
 }  // namespace binding
 }  // namespace orbitcore
 
@@ -41,4 +42,5 @@ PYBIND11_MODULE(_C, m) {
   bind_pswf(m);
   bind_em(m);
   bind_norm(m);
+  bind_sine(m);
 }

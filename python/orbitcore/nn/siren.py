@@ -1,18 +1,41 @@
 """Sinusoidal representation networks (SIREN; Sitzmann et al. 2020)."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from torch import nn
 
 from .._validate import check_float, check_int
+from ..ops.sine import _sine_, _sine_forward, kernel_supports
+
+
+_PLAIN_SINE = False
+
+
+@contextlib.contextmanager
+def plain_sine():
+    """Within the block every :class:`SineLayer` runs the plain PyTorch activation,
+    ``torch.sin(w0 * z)``, instead of orbitcore's sine kernel: for baselines (``benchmarks/``)
+    and A/B checks. A process-wide switch, not per thread."""
+    global _PLAIN_SINE
+    old, _PLAIN_SINE = _PLAIN_SINE, True
+    try:
+        yield
+    finally:
+        _PLAIN_SINE = old
 
 
 class SineLayer(nn.Module):
     """``sin(w0 · (W x + b))`` with SIREN's initialisation: the first layer draws weights from
     U(-1/in, 1/in), later layers from U(-sqrt(6/in)/w0, sqrt(6/in)/w0), so activations stay
-    arcsine-distributed through depth."""
+    arcsine-distributed through depth.
+
+    The activation runs on orbitcore's sine kernel (:func:`orbitcore.ops.sine_activation`: one
+    pass forward and one backward) for float32/float64 tensors on the CPU or a GPU with the
+    CUDA build, and as ``torch.sin(w0 * z)`` otherwise; the two agree to rounding. Without
+    gradients (evaluation, ``torch.no_grad``) it overwrites the linear map's output in place."""
 
     def __init__(self, in_features: int, out_features: int, *, w0: float = 30.0, first: bool = False):
         super().__init__()
@@ -24,7 +47,13 @@ class SineLayer(nn.Module):
             self.linear.bias.uniform_(-bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sin(self.w0 * self.linear(x))
+        z = self.linear(x)
+        if _PLAIN_SINE or not kernel_supports(z):
+            return torch.sin(self.w0 * z)
+        if z.requires_grad:
+            return _sine_forward(z, float(self.w0))
+        _sine_(z, float(self.w0))  # no gradient wanted: z is a temporary, overwrite it
+        return z
 
 
 class SIREN(nn.Module):
