@@ -169,18 +169,30 @@ class FourierNetDecoder(nn.Module):
             fail(fn, f"radius must be <= D/2 - 1 = {self.max_radius:g}, got {r:g}")
         p = next(self.parameters())
         M = pad * self.D
-        f = fourier.frequency_grid_3d(M, dtype=p.dtype, device=p.device).reshape(-1, 3)  # grid units, (x, y, z)
-        keep = canonical_half(f) & (f.square().sum(-1) <= (pad * r + 3 ** 0.5) ** 2)
-        q = f[keep]                                      # every |q| <= M/2 - 1: the mirror is on the grid
-        idx = keep.nonzero().squeeze(1)
-        fi = q.round().long() + M // 2                    # (x, y, z) indices of q, and of -q
-        mi = (M // 2 - (fi - M // 2))
-        midx = (mi[:, 2] * M + mi[:, 1]) * M + mi[:, 0]
-        vals = torch.cat([self.net(q[i:i + 65536] / pad) for i in range(0, q.shape[0], 65536)])
+        q, idx, midx = self._grid_points(M, pad, r, p.dtype, p.device)
+        vals = torch.cat([self.net.canonical(q[i:i + 65536]) for i in range(0, q.shape[0], 65536)])
         V = torch.zeros(M ** 3, dtype=vals.dtype, device=p.device)
         V.index_copy_(0, idx, self.scale * vals)
         V.index_copy_(0, midx, self.scale * vals.conj())  # V̂(-k) = conj V̂(k); DC is real, its own mirror
         return V.view(M, M, M)
+
+    def _grid_points(self, M: int, pad: int, r: float, dtype, device):
+        """The query set of :meth:`grid_ft`: canonical points ``q (P, 3)`` (Fourier pixels), their
+        flat indices on the ``M³`` grid and their mirrors'. Built once per (M, radius, dtype,
+        device) and kept (not in the state dict): the scoring pass asks for it every batch."""
+        key = (M, pad, float(r), dtype, str(device))
+        cache = self.__dict__.setdefault("_grid_cache", {})
+        if key not in cache:
+            f = fourier.frequency_grid_3d(M, dtype=dtype, device=device).reshape(-1, 3)  # grid units, (x, y, z)
+            keep = canonical_half(f) & (f.square().sum(-1) <= (pad * r + 3 ** 0.5) ** 2)
+            q = f[keep]                                      # every |q| <= M/2 - 1: the mirror is on the grid
+            idx = keep.nonzero().squeeze(1)
+            fi = q.round().long() + M // 2                    # (x, y, z) indices of q, and of -q
+            mi = (M // 2 - (fi - M // 2))
+            midx = (mi[:, 2] * M + mi[:, 1]) * M + mi[:, 0]
+            cache.clear()  # one radius at a time (the curriculum changes it): keep the memory bounded
+            cache[key] = (q / pad, idx, midx)
+        return cache[key]
 
     def grid_renderer(self, radius: float, pad: int = GRID_PAD):
         """Approximate ``slices`` for scoring many paths without gradients: the network is

@@ -54,6 +54,14 @@ class FourierNet(nn.Module):
         v = a * m
         return torch.complex(v[..., 0], v[..., 1])
 
+    def canonical(self, k: torch.Tensor) -> torch.Tensor:
+        """Values at points ``k (..., 3)`` that are all in the canonical half-space (not
+        checked; callers that build their point sets from :func:`canonical_half`, such as
+        ``FourierNetDecoder.grid_ft``): ``forward`` without the mirror pass. DC is made real."""
+        v = self._raw(k)
+        dc = (k == 0).all(-1)
+        return torch.where(dc, torch.complex(v.real, torch.zeros_like(v.real)), v)
+
     def forward(self, k: torch.Tensor) -> torch.Tensor:
         """Values at points ``k (..., 3)`` (Fourier pixels) → complex ``(...)``, Hermitian."""
         if k.shape[-1] != 3:
