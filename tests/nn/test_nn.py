@@ -37,6 +37,10 @@ def test_fouriernet_is_hermitian_exactly():
     assert canonical_half(torch.zeros(1, 3)).item()
     # DC is its own mirror, evaluated once (value of the canonical branch)
     assert torch.isfinite(net(torch.zeros(3, dtype=torch.float64))).all()
+    # the query for points known to be canonical (grid scoring's) is forward without the mirror
+    kc = torch.cat((k[canonical_half(k)], torch.zeros(1, 3, dtype=torch.float64)))
+    torch.testing.assert_close(net.canonical(kc), net(kc), rtol=0, atol=0)
+    assert net.canonical(torch.zeros(1, 3, dtype=torch.float64)).imag.item() == 0.0
 
 
 @pytest.mark.parametrize("n", [8, 9])
