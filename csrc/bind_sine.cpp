@@ -34,6 +34,19 @@ void check_input(const TensorArg& a) {
   expect_contiguous(a);
 }
 
+// Runs body(T{}, level) with the GIL released, T the storage type of `a` (float or double) and
+// `level` the CPU variant (after the CUDA device of `a` is entered, when it is on one).
+template <typename Body>
+void run_typed(const std::string& op, const TensorArg& a, const std::string& simd, Body body) {
+  const cpu::SimdLevel level = simd_level(op, simd, a.is_cuda());
+  if (a.is_cuda()) enter_cuda(a);
+  py::gil_scoped_release nogil;
+  if (a.dtype == "float32")
+    body(float{}, level);
+  else
+    body(double{}, level);
+}
+
 void forward_entry(py::object a_, double w0, py::object y_, int num_threads, const std::string& simd,
                    std::uintptr_t stream) {
   const std::string op = "sine_forward";
@@ -42,10 +55,7 @@ void forward_entry(py::object a_, double w0, py::object y_, int num_threads, con
   check_input(a);
   check_like(y, a);
   check_w0(op, w0);
-  const cpu::SimdLevel level = simd_level(op, simd, a.is_cuda());
-  if (a.is_cuda()) enter_cuda(a);
-  py::gil_scoped_release nogil;
-  auto run = [&](auto tag) {
+  run_typed(op, a, simd, [&](auto tag, cpu::SimdLevel level) {
     using T = decltype(tag);
     if (a.is_cuda()) {
 #if defined(ORBITCORE_WITH_CUDA)
@@ -54,11 +64,7 @@ void forward_entry(py::object a_, double w0, py::object y_, int num_threads, con
     } else {
       cpu::sine_forward<T>(a.data<T>(), a.numel(), w0, y.data<T>(), num_threads, level);
     }
-  };
-  if (a.dtype == "float32")
-    run(float{});
-  else
-    run(double{});
+  });
 }
 
 void backward_entry(py::object dy_, py::object a_, double w0, py::object da_, int num_threads,
@@ -71,10 +77,7 @@ void backward_entry(py::object dy_, py::object a_, double w0, py::object da_, in
   check_like(dy, a);
   check_like(da, a);
   check_w0(op, w0);
-  const cpu::SimdLevel level = simd_level(op, simd, a.is_cuda());
-  if (a.is_cuda()) enter_cuda(a);
-  py::gil_scoped_release nogil;
-  auto run = [&](auto tag) {
+  run_typed(op, a, simd, [&](auto tag, cpu::SimdLevel level) {
     using T = decltype(tag);
     if (a.is_cuda()) {
 #if defined(ORBITCORE_WITH_CUDA)
@@ -84,11 +87,7 @@ void backward_entry(py::object dy_, py::object a_, double w0, py::object da_, in
     } else {
       cpu::sine_backward<T>(dy.data<T>(), a.data<T>(), a.numel(), w0, da.data<T>(), num_threads, level);
     }
-  };
-  if (a.dtype == "float32")
-    run(float{});
-  else
-    run(double{});
+  });
 }
 
 }  // namespace
