@@ -32,6 +32,17 @@ simulated densities (§5.1). This script asks whether the same helps cryo-EM:
 
 ``--volumes 1`` is the control: with one volume the map z → M2 is linear, so the density is
 identifiable from the moments and a working encoder must learn it.
+
+``--canonical``: the labels in each volume's principal-axis frame. Rotating a volume by A and
+its density with it (ρ'(R) = ρ(Aᵀ R)) leaves every image moment unchanged, so across random
+volumes the density is fixed by the moments only up to that joint rotation. With this flag the
+label of (v, ρ) is ρ' for A = the rotation into v's principal axes (eigenvectors of the second
+moment of v⁺, signs fixed by the third moments, det +1): the density as seen from a canonical
+frame, which the moments do determine. The 70S's label is taken the same way. The script also
+checks the invariance numerically on the first volume (``invariance_check`` in the report).
+
+    PYTHONPATH=python python scripts/mom_cryoem_pretrain_density.py --volumes 400 --densities 8 \
+        --steps 4000 --canonical --out /tmp/pretrain_canonical
 """
 from __future__ import annotations
 
@@ -79,6 +90,29 @@ def random_volume(n: int, g: torch.Generator) -> torch.Tensor:
     return v / v.norm()
 
 
+def principal_frame(v: torch.Tensor) -> torch.Tensor:
+    """The rotation A (3 × 3, float64) that takes ``v``'s principal axes to the coordinate axes:
+    rows = eigenvectors of the second moment of ``max(v, 0)`` about its centre of mass, in
+    (x, y, z) coordinates (``v`` indexed [z, y, x]), largest eigenvalue first; each axis' sign
+    chosen so the third moment along it is positive; the last row flipped if needed for det +1."""
+    n = v.shape[0]
+    w = v.clamp_min(0).double()
+    i = torch.arange(n, dtype=torch.float64) - n // 2
+    Z, Y, X = torch.meshgrid(i, i, i, indexing="ij")
+    P = torch.stack((X, Y, Z), -1).reshape(-1, 3)
+    w = w.reshape(-1) / w.sum()
+    c = (w[:, None] * P).sum(0)
+    D = P - c
+    C = (w[:, None, None] * D[:, :, None] * D[:, None, :]).sum(0)
+    _, E = torch.linalg.eigh(C)
+    A = E.flip(1).T.clone()  # rows: principal axes, largest variance first
+    skew = (w[:, None] * (D @ A.T) ** 3).sum(0)
+    A = A * torch.where(skew < 0, -1.0, 1.0).double()[:, None]
+    if torch.linalg.det(A) < 0:
+        A[2] = -A[2]
+    return A
+
+
 def slices_of(v: torch.Tensor, Q: torch.Tensor, lay: MomentLayout) -> torch.Tensor:
     """``(q, m)`` complex128: the volume's slices on the moments' disk (exact_moments' path)."""
     V = prepare_volume_ft(v, 2)
@@ -106,6 +140,18 @@ def logits(enc: MomentEncoder, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tens
     return enc.head(enc.pool(enc.trunk(h)))
 
 
+def invariance_check(v, A, vmf, Q, lay, z, label) -> dict:
+    """Relative differences of the moments: (v rotated by A, its density rho(A^T R)) against
+    (v, rho), which the invariance says agree up to quadrature error; and (v, rho(A^T R)) against
+    (v, rho), the size of a density change of that kind. The rotated volume's slices on Q are
+    v's slices at A^T Q (its FT is V(A^T k))."""
+    M1, M2 = normalised_moments(slices_of(v, Q, lay), z)
+    J1, J2 = normalised_moments(slices_of(v, A.T @ Q, lay), label)
+    K1, K2 = normalised_moments(slices_of(v, Q, lay), label)
+    rel = lambda x, y: float((x - y).norm() / y.norm())  # noqa: E731
+    return {"rotated_pair_vs_pair": [rel(J1, M1), rel(J2, M2)], "relabelled_vs_pair": [rel(K1, M1), rel(K2, M2)]}
+
+
 def direction_corr(z: torch.Tensor, zt: torch.Tensor, group: torch.Tensor) -> float:
     q1 = int(group.max()) + 1
     a = torch.zeros(q1, dtype=torch.float64).index_add_(0, group, z.double())
@@ -128,6 +174,8 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/pretrain")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--canonical", action="store_true",
+                   help="labels in each volume's principal-axis frame (module docstring)")
     p.add_argument("--no-standardise", action="store_true",
                    help="feed the normalised moments as the fits do, without the per-feature standardisation")
     a = p.parse_args()
@@ -141,7 +189,7 @@ def main() -> None:
     report: dict = {"args": vars(a)}
 
     # 1. the training set (cached)
-    cache = out / f"set_n{n}_v{a.volumes}_d{a.densities}.pt"
+    cache = out / f"set_n{n}_v{a.volumes}_d{a.densities}{'_canonical' if a.canonical else ''}.pt"
     if cache.is_file():
         data = torch.load(cache)
     else:
@@ -149,13 +197,22 @@ def main() -> None:
         M1s, M2s, zs, vid = [], [], [], []
         t0 = time.time()
         for i in range(a.volumes):
-            S = slices_of(random_volume(n, g), Q, lay)
+            v = random_volume(n, g)
+            S = slices_of(v, Q, lay)
+            A = principal_frame(v) if a.canonical else None
             for _ in range(a.densities):
                 vmf = VonMisesFisherMixture.random(8, (2.0, 20.0), generator=g)
                 z = vmf.so3_density(Q).double()
                 z = z / z.sum()
                 M1, M2 = normalised_moments(S, z)
-                M1s.append(M1.to(torch.complex64)), M2s.append(M2.to(torch.complex64)), zs.append(z.float())
+                label = z
+                if A is not None:  # the same pair seen from v's principal frame: rho'(R) = rho(A^T R)
+                    label = vmf.so3_density(A.T @ Q).double()
+                    label = label / label.sum()
+                    if i == 0 and "invariance_check" not in report:
+                        report["invariance_check"] = invariance_check(v, A, vmf, Q, lay, z, label)
+                        print("invariance check:", json.dumps(report["invariance_check"]), flush=True)
+                M1s.append(M1.to(torch.complex64)), M2s.append(M2.to(torch.complex64)), zs.append(label.float())
                 vid.append(i)
             if (i + 1) % 25 == 0:
                 print(f"  {i + 1}/{a.volumes} volumes, {time.time() - t0:.0f} s", flush=True)
@@ -178,6 +235,9 @@ def main() -> None:
     z70 = z70 / z70.sum()
     S70 = slices_of(vol, Q, lay)
     R1, R2 = normalised_moments(S70, z70)
+    if a.canonical:  # the 70S's label in its own principal frame (the moments are those of the map as given)
+        z70 = vmf0.so3_density(principal_frame(vol).T @ Q).double()
+        z70 = z70 / z70.sum()
 
     # 2. supervised xi^rho
     torch.manual_seed(a.seed)
