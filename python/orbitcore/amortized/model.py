@@ -152,6 +152,7 @@ class FourierNetDecoder(nn.Module):
         self.net = FourierNet(self.D, hidden=hidden, amplitude_layers=amplitude_layers,
                               modulation_layers=modulation_layers, w0=w0)
         self.scale = float(self.D)
+        self._grid_cache: dict = {}  # _grid_points' query set for one (grid, radius, dtype, device)
 
     @torch.no_grad()
     def grid_ft(self, radius: float, pad: int = GRID_PAD) -> torch.Tensor:
@@ -181,7 +182,7 @@ class FourierNetDecoder(nn.Module):
         flat indices on the ``M³`` grid and their mirrors'. Built once per (M, radius, dtype,
         device) and kept (not in the state dict): the scoring pass asks for it every batch."""
         key = (M, pad, float(r), dtype, str(device))
-        cache = self.__dict__.setdefault("_grid_cache", {})
+        cache = self._grid_cache
         if key not in cache:
             f = fourier.frequency_grid_3d(M, dtype=dtype, device=device).reshape(-1, 3)  # grid units, (x, y, z)
             keep = canonical_half(f) & (f.square().sum(-1) <= (pad * r + 3 ** 0.5) ** 2)
