@@ -4,6 +4,10 @@ forward and backward of the activation alone, and a whole SIREN layer (``nn.Line
 activation) inside the FourierNet of the amortized runs (width 64 and 256, 3 → 64 → 64 … → 2),
 measured in the same run, alternately (``timeit_pair``).
 
+Also (``--sections step``) the whole FourierNet training step of the amortized recipe (16 pose
+hypotheses, grid scoring, width 64, batch 32, n = 32 and 64) with the SIRENs on the kernel
+against the same model under ``plain_sine()``, alternating.
+
 Shapes: P query points × width, P = 2^16 and 2^19 (at n = 64 the grid scoring of
 ``bench_amortized`` queries ~5.7·10^5 points a batch). Every row first checks both against the
 float64 reference (max error relative to max(1, |value|)); the kernel must be within 2e-7 forward
@@ -89,21 +93,50 @@ def bench_siren(P: int, width: int, layers: int, rep: int, gen) -> dict:
             "query_speedup": pn["speedup"]}
 
 
+def bench_step(n: int, rep: int, gen) -> dict:
+    """One training step of the amortized FourierNet recipe, kernel against plain_sine()."""
+    from bench_amortized import _data  # noqa: E402  (same synthetic batch as that benchmark)
+    from orbitcore.amortized import AmortizedModel
+
+    imgs, C, _ = _data(n, 32, gen)
+    kw = dict(channels=(16, 32, 64, 128), pose_heads=16, whiten_rotation=True, fourier_scoring="grid",
+              fourier_hidden=64, encoder_size=32)
+    model = AmortizedModel.create(n, decoder="fouriernet", **kw)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=0.0, fused=True)  # lr 0: every step sees the same model
+
+    def ours():
+        opt.zero_grad(set_to_none=True)
+        model(imgs, C).loss.backward()
+        opt.step()
+
+    def base():
+        with plain_sine():
+            ours()
+
+    pr = timeit_pair(base, ours, repeat=rep)
+    return {"what": "fouriernet_step", "n": n, "batch": 32, "pose_heads": 16, "scoring": "grid", "hidden": 64,
+            "step_s_torch": pr["baseline"]["median_s"], "step_s_ours": pr["ours"]["median_s"],
+            "speedup": pr["speedup"], "speedup_range": [pr["speedup_min"], pr["speedup_max"]]}
+
+
 def main():
     p = parser(__doc__)
+    p.add_argument("--sections", nargs="+", choices=("activation", "siren", "step"),
+                   default=["activation", "siren", "step"])
     args = p.parse_args()
     setup_threads(args)
     gen = torch.Generator().manual_seed(0)
     rep = 3 if args.quick else 7
     sizes = [1 << 14] if args.quick else [1 << 16, 1 << 19]
     rows = []
-    for P in sizes:
+    for P in sizes if "activation" in args.sections else []:
         for dtype in (torch.float32, torch.float64):
             for row in bench_activation(P, 64, dtype, rep, gen):
                 rows.append(row)
                 print(f"# activation {row['mode']} P={P} {row['dtype']}: torch {row['ns_per_element_torch']:.2f} "
                       f"ns/elem, ours {row['ns_per_element_ours']:.2f} ({row['speedup']:.2f}x)", flush=True)
-    for P in sizes:
+    for P in sizes if "siren" in args.sections else []:
         for width, layers in ((64, 3), (256, 3)):
             if width == 256 and P > (1 << 16):
                 continue
@@ -111,6 +144,11 @@ def main():
             rows.append(row)
             print(f"# SIREN P={P} width={width}: train {row['train_speedup']:.2f}x, query {row['query_speedup']:.2f}x",
                   flush=True)
+    for n in ((32,) if args.quick else (32, 64)) if "step" in args.sections else ():
+        row = bench_step(n, max(3, rep - 2), gen)
+        rows.append(row)
+        print(f"# FourierNet step n={n}: torch.sin {row['step_s_torch']:.3f} s, kernel {row['step_s_ours']:.3f} s "
+              f"({row['speedup']:.2f}x)", flush=True)
     emit("sine", {"rows": rows}, args)
 
 
