@@ -231,12 +231,18 @@ def stage_refine(args) -> dict:
         print(f"{name} round {r}: rot median {e['rot_median_angle_deg']:.1f} deg "
               f"(frob {e['rot_median_sq_frobenius']:.3f}), res {e['resolution_05_A']:.1f} A [{e['wall_s']:.0f} s]",
               flush=True)
+        return e
 
     record(0, R0, vol0)
-    res = refine_poses(vol0, imgs, ctf=st.ctf, shifts=t, rounds=args.rounds, step=args.search_step,
-                       global_rounds=args.global_rounds, shift_search=args.shift_search, callback=record)
     out = pathlib.Path(args.work) / "refined"
     out.mkdir(parents=True, exist_ok=True)
+    # the state after every round: an interrupted run continues from its last finished round
+    res = refine_poses(vol0, imgs, ctf=st.ctf, shifts=t, rounds=args.rounds, step=args.search_step,
+                       global_rounds=args.global_rounds, shift_search=args.shift_search, callback=record,
+                       checkpoint=out / f"{name}_state.pt")
+    if res.resumed_rounds:
+        print(f"{name}: rounds 1-{res.resumed_rounds} read from {out / f'{name}_state.pt'}", flush=True)
+    rounds = rounds[:1] + res.history  # each round's record joined with refine_poses' own
     st.table.with_poses(res.rotations, res.shifts).write(out / f"{name}_poses.star")
     oc.io.write_mrc(out / f"{name}_volume.mrc", res.volume.float().numpy(), voxel_size=args.pixel_size)
     doc = {"tag": name, "start": args.refine_start, "search_step_deg": args.search_step,

@@ -251,6 +251,25 @@ def test_cli_train_resume_evaluate(tiny, tmp_path, capsys):
     doc = json.loads((tmp_path / "rf" / "refine.json").read_text())
     assert [r["round"] for r in doc["rounds"]] == [1, 2] and doc["fsc_resolution_05_A"] > 0
     assert [r["search"] for r in doc["rounds"]] == ["global", "local"]
+    # the state after every round: a one-round refinement continued with --resume to two rounds
+    # ends where the two-round run ended; a rerun into the same --out needs --resume
+    rr = tmp_path / "rr"
+    assert (tmp_path / "rf" / "refine_state.pt").is_file()
+    assert main(["amortized", "refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(rr),
+                 "--rounds", "1", "--step", "30", "--quiet"]) == 0
+    assert main(["amortized", "refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(rr),
+                 "--rounds", "2", "--step", "30", "--quiet"]) == 1
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(["amortized", "refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(rr),
+                 "--rounds", "2", "--step", "30", "--resume"]) == 0
+    assert "continued from round 1" in capsys.readouterr().err
+    doc_r = json.loads((rr / "refine.json").read_text())
+    assert [r["round"] for r in doc_r["rounds"]] == [1, 2]
+    assert [r["rot_median_angle_deg"] for r in doc_r["rounds"]] == [r["rot_median_angle_deg"] for r in doc["rounds"]]
+    assert np.array_equal(oc.io.read_mrc(rr / "volume.mrc")[0], oc.io.read_mrc(tmp_path / "rf" / "volume.mrc")[0])
+    assert main(["amortized", "refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "rn"),
+                 "--resume", "--quiet"]) == 1
+    assert "nothing to continue" in capsys.readouterr().err
     # --global-rounds: every round searches globally (the low-SNR setting)
     assert main(["amortized", "refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "rg"),
                  "--rounds", "2", "--global-rounds", "2", "--step", "30", "--quiet"]) == 0

@@ -12,6 +12,7 @@ CTF moved to the image side, Re⟨·,·⟩ as real dot products):
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -222,3 +223,97 @@ def test_refine_poses_with_shift_search_corrects_wrong_shifts(data):
     assert res.history[0]["mean_shift_change_px"] > 0.5
     with pytest.raises(ValueError, match="refine_poses: shift_search"):
         refine_poses(vol, imgs, shifts=wrong, rounds=1, shift_search=0.1)
+
+
+def _blurred_start(vol, radius=3):
+    k = oc.fourier.radial_frequency(D, 3, dtype=torch.float64)
+    return oc.fourier.ifft3c(oc.fourier.fft3c(vol) * (k <= radius)).real
+
+
+def test_refine_checkpoint_resume_and_extension_are_exact(data, tmp_path, monkeypatch):
+    """A refinement stopped after a round and continued from its checkpoint, and a finished one
+    extended by a round, end bit for bit where the uninterrupted run ends (rotations, shifts,
+    map, and the record of every round but its timing). A finished checkpoint is not run again."""
+    import orbitcore.amortized.search as search_mod
+
+    vol, R, t, ctf, imgs = data
+    start = _blurred_start(vol)
+    kw = dict(ctf=ctf, shifts=t + 0.3, step=30.0, refine=1, regularization=0.01, global_rounds=2, shift_search=1.0)
+    # the callback's dict joins the record (NumPy and tensor scalars as plain numbers)
+    tag = lambda r, Rr, v: {"tag": 10 * r, "np": np.float64(r / 2), "t": torch.tensor([r, 1])}  # noqa: E731
+    full = refine_poses(start, imgs, rounds=3, callback=tag, **kw)
+
+    def same(res):
+        assert torch.equal(res.rotations, full.rotations) and torch.equal(res.volume, full.volume)
+        assert torch.equal(res.shifts, full.shifts)
+        strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+        assert repr(strip(res.history)) == repr(strip(full.history))  # repr: round 1's change is NaN
+
+    assert [h["tag"] for h in full.history] == [10, 20, 30] and full.resumed_rounds == 0
+    assert full.history[2]["np"] == 1.5 and type(full.history[2]["np"]) is float and full.history[2]["t"] == [3, 1]
+    # interrupted in round 2 (after its search): the checkpoint holds round 1
+    ck = tmp_path / "a" / "state.pt"
+
+    def stop_in_round_2(r, Rr, v):
+        if r == 2:
+            raise KeyboardInterrupt
+        return tag(r, Rr, v)
+
+    with pytest.raises(KeyboardInterrupt):
+        refine_poses(start, imgs, rounds=3, callback=stop_in_round_2, checkpoint=ck, **kw)
+    assert torch.load(ck, weights_only=True)["round"] == 1
+    resumed = refine_poses(start, imgs, rounds=3, callback=tag, checkpoint=ck, **kw)
+    assert resumed.resumed_rounds == 1
+    same(resumed)
+    # a finished two-round refinement extended to three
+    ck2 = tmp_path / "b.pt"
+    refine_poses(start, imgs, rounds=2, callback=tag, checkpoint=ck2, **kw)
+    extended = refine_poses(start, imgs, rounds=3, callback=tag, checkpoint=ck2, **kw)
+    assert extended.resumed_rounds == 2
+    same(extended)
+
+    # a finished checkpoint is returned as it is: no search runs
+    def no_search(*args, **kwargs):
+        raise AssertionError("search_poses ran")
+
+    monkeypatch.setattr(search_mod, "search_poses", no_search)
+    again = refine_poses(start, imgs, rounds=3, checkpoint=ck2, **kw)
+    assert again.resumed_rounds == 3
+    same(again)
+
+
+def test_refine_checkpoint_mismatches_and_bad_files_are_named(data, tmp_path):
+    vol, R, t, ctf, imgs = data
+    start = _blurred_start(vol)
+    kw = dict(ctf=ctf, shifts=t, step=30.0, refine=1, regularization=0.01)
+    ck = tmp_path / "state.pt"
+    refine_poses(start, imgs, rounds=2, checkpoint=ck, **kw)
+    cases = [
+        (dict(kw, step=20.0), "other settings.*step"),
+        (dict(kw, shift_search=1.0), "other settings.*shift_search"),
+        (dict(kw, shifts=t + 0.5), "other images, start map, shifts or CTFs"),
+        (dict(kw, ctf=None), "other images, start map, shifts or CTFs"),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match) as e:
+            refine_poses(start, imgs, rounds=3, checkpoint=ck, **args)
+        assert "refine_poses" in str(e.value)
+    with pytest.raises(ValueError, match="other images"):
+        refine_poses(start, 1.5 * imgs, rounds=3, checkpoint=ck, **kw)
+    with pytest.raises(ValueError, match="other images"):
+        refine_poses(2.0 * start, imgs, rounds=3, checkpoint=ck, **kw)
+    with pytest.raises(ValueError, match="already holds 2 rounds, more than rounds=1"):
+        refine_poses(start, imgs, rounds=1, checkpoint=ck, **kw)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="refine_poses: checkpoint .* not a readable refinement checkpoint"):
+        refine_poses(start, imgs, rounds=1, checkpoint=bad, **kw)
+    torch.save({"format": "something else"}, bad)
+    with pytest.raises(ValueError, match="not a refinement checkpoint"):
+        refine_poses(start, imgs, rounds=1, checkpoint=bad, **kw)
+    with pytest.raises(ValueError, match="is not a file"):
+        refine_poses(start, imgs, rounds=1, checkpoint=tmp_path, **kw)
+    with pytest.raises(TypeError, match="refine_poses: the callback's dict must hold numbers"):
+        refine_poses(start, imgs, rounds=3, checkpoint=ck, callback=lambda r, Rr, v: {"x": object()}, **kw)
+    # a failed call leaves the checkpoint as it was
+    assert torch.load(ck, weights_only=True)["round"] == 2

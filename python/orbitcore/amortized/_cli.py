@@ -77,12 +77,15 @@ that takes the final map from 9.3 to 8.8-8.9 A (true shifts: 8.5 A; README secti
 Writes OUT/poses.star (the refined rotations, the encoder's or the refined shifts), OUT/volume.mrc (at the
 model's box) and OUT/refine.json (per round: global or local search, mean log-likelihood, mean
 rotation change; the pose errors when the particle file has poses; the FSC with --reference,
-and OUT/fsc.png).
+and OUT/fsc.png). After every round the state is saved to OUT/refine_state.pt (atomically): an
+interrupted refinement continues with --resume from the last finished round and ends as an
+uninterrupted one would; --resume with more --rounds extends a finished one.
 
 examples:
   orbitcore amortized refine --checkpoint run1/checkpoint.pt --out run1/refined --rounds 3
   orbitcore amortized refine --checkpoint run1/checkpoint.pt --out r2 --step 5 --reference truth.mrc
   orbitcore amortized refine --checkpoint run1/checkpoint.pt --out r3 --rounds 4 --global-rounds 4
+  orbitcore amortized refine --checkpoint run1/checkpoint.pt --out r3 --rounds 6 --global-rounds 4 --resume
 """
 
 
@@ -169,6 +172,11 @@ def run_refine(args) -> int:
     check_refine_settings(args.rounds, args.step, args.local_step, args.regularization, args.global_rounds)
     check_shift_search(args.shift_search)
     out = pathlib.Path(args.out)
+    progress = out / "refine_state.pt"
+    if progress.exists() and not args.resume:
+        raise ValueError(f"{progress} exists: pass --resume to continue that refinement, or choose another --out")
+    if args.resume and not progress.exists():
+        raise ValueError(f"--resume: {progress} does not exist (nothing to continue)")
     state = load_checkpoint(args.checkpoint)
     particles = args.particles if args.particles is not None else state["data"]["particles"]
     n = int(state["model_config"]["n"])
@@ -179,27 +187,26 @@ def run_refine(args) -> int:
     scale = stack.n / stack.size
     images = stack.images(list(range(len(stack)))).float()
     ctf = stack.ctf if use_ctf else None
-    history = []
 
-    def report(r, R, vol):
-        h = {"round": r}
-        if stack.rotations is not None:
-            from ..metrics import pose_errors  # noqa: PLC0415
+    def report(r, R, vol):  # its dict joins the round's record (and the saved state)
+        if stack.rotations is None:
+            return None
+        from ..metrics import pose_errors  # noqa: PLC0415
 
-            pe = pose_errors(R, stack.rotations)
-            h.update(rot_median_angle_deg=pe.rotation_median_angle,
-                     rot_median_sq_frobenius=pe.rotation_median_sq_frobenius)
-        history.append(h)
-        if not args.quiet and "rot_median_angle_deg" in h:
-            print(f"round {r}: median rotation error {h['rot_median_angle_deg']:.2f} deg vs the particle file",
+        pe = pose_errors(R, stack.rotations)
+        if not args.quiet:
+            print(f"round {r}: median rotation error {pe.rotation_median_angle:.2f} deg vs the particle file",
                   file=sys.stderr)
+        return {"rot_median_angle_deg": pe.rotation_median_angle,
+                "rot_median_sq_frobenius": pe.rotation_median_sq_frobenius}
 
     res = refine_poses(ev.volume.float(), images, ctf=ctf, shifts=(ev.shifts / scale).float(), rounds=args.rounds,
                        step=args.step, local_step=args.local_step, regularization=args.regularization,
                        global_rounds=args.global_rounds, shift_search=args.shift_search, callback=report,
-                       verbose=not args.quiet)
-    for h, r in zip(history, res.history):
-        h.update(r)
+                       checkpoint=progress, verbose=not args.quiet)
+    if res.resumed_rounds and not args.quiet:
+        print(f"continued from round {res.resumed_rounds} ({progress})", file=sys.stderr)
+    history = res.history
     out.mkdir(parents=True, exist_ok=True)
     px = float(stack.pixel_size[0]) if stack.pixel_size is not None else 1.0
     # the shifts: the encoder's, or with --shift-search the refined ones (model pixels -> the file's)
@@ -335,5 +342,8 @@ def register(sub) -> None:
                    help="Wiener constant of the reconstruction, relative to the mean weight (default 1)")
     r.add_argument("--reference", default=None, metavar="MAP.mrc", help="reference map for the FSC")
     r.add_argument("--batch-size", type=int, default=256, help="images per encoder batch (default 256)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the refinement in --out from OUT/refine_state.pt (the same settings; more "
+                        "--rounds extend it)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=run_refine)

@@ -282,6 +282,7 @@ class RefinementResult:
     volume: torch.Tensor
     history: list
     shifts: torch.Tensor | None = None
+    resumed_rounds: int = 0
 
 
 def check_refine_settings(rounds, step, local_step, regularization, global_rounds=1) -> tuple:
@@ -306,7 +307,7 @@ def check_shift_search(shift_search) -> float:
 
 def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step: float = 7.5, refine: int = 3,
                  local_step: float = 4.0, regularization: float = 1.0, radius: float | None = None,
-                 global_rounds: int = 1, shift_search: float = 0.0, callback=None,
+                 global_rounds: int = 1, shift_search: float = 0.0, callback=None, checkpoint=None,
                  verbose: bool = False) -> RefinementResult:
     """Projection matching from a starting map, e.g. an amortized decoder's: alternate the
     maximum-likelihood rotations (:func:`search_poses`, scale fitted; global searches in the first
@@ -330,7 +331,15 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
         regularization: ``λ`` of :func:`~orbitcore.physics.backproject` (relative to the mean
             weight; 1.0 was the best of a sweep at 0 and −10 dB in
             docs/evidence/amortized/README.md).
-        callback: called as ``callback(round, rotations, volume)`` after every round.
+        callback: called as ``callback(round, rotations, volume)`` after every round; a dict it
+            returns is added to that round's ``history`` entry (and so kept in the checkpoint).
+        checkpoint: ``None``, or a file (``.pt``) that the state is written to after every round,
+            atomically (the rotations, shifts and map of the last finished round, and the
+            history). If the file exists, the refinement continues from it: finished rounds are not
+            run again, and the result is the one an uninterrupted run gives (bit for bit with the
+            same threads). ``rounds`` may be raised to extend a finished refinement; the other
+            settings, the images, the start map and the shifts must be those it was started with
+            (checked; a clear error otherwise).
 
     Returns:
         :class:`RefinementResult`.
@@ -352,8 +361,18 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
     img = img.to(vol.dtype)
     t = None if shifts is None else torch.as_tensor(shifts).to(vol.dtype)
     prior = t  # the centres of the shift windows stay the input shifts
-    R, history = None, []
-    for r in range(1, rounds + 1):
+    R, history, done = None, [], 0
+    if checkpoint is not None:
+        settings = {"step": step, "refine": int(refine), "local_step": local_step, "regularization": regularization,
+                    "radius": None if radius is None else float(radius), "global_rounds": global_rounds,
+                    "shift_search": shift_search, "dtype": str(vol.dtype)}
+        fingerprint = _refine_fingerprint(img, vol, t, ctf)
+        state = _load_refine_state(checkpoint, settings, fingerprint, rounds)
+        if state is not None:  # continue where it stopped: its prior, shifts, rotations and map
+            done, history = int(state["round"]), list(state["history"])
+            to = lambda x: None if x is None else x.to(vol.device)  # noqa: E731 - saved on the CPU
+            R, t, prior, vol = to(state["rotations"]), to(state["shifts"]), to(state["prior"]), to(state["volume"])
+    for r in range(done + 1, rounds + 1):
         t0 = time.perf_counter()
         local = r > global_rounds
         res = search_poses(vol, img, ctf=ctf, shifts=t, step=local_step if local else step, refine=refine,
@@ -371,7 +390,101 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
                         "mean_change_deg": change, "mean_shift_change_px": moved,
                         "seconds": time.perf_counter() - t0})
         if callback is not None:
-            callback(r, R, vol)
+            extra = callback(r, R, vol)
+            if isinstance(extra, dict):
+                history[-1].update(_plain_data(extra))
+        if checkpoint is not None:
+            cpu = lambda x: None if x is None else x.detach().cpu()  # noqa: E731
+            _save_refine_state(checkpoint, {"format": _REFINE_STATE_FORMAT, "round": r, "settings": settings,
+                                            "fingerprint": fingerprint, "rotations": cpu(R), "volume": cpu(vol),
+                                            "shifts": cpu(t), "prior": cpu(prior), "history": history})
     final = torch.zeros(img.shape[0], 2, dtype=torch.float64) if t is None else t.double().cpu()
-    return RefinementResult(rotations=R, volume=vol, history=history, shifts=final)
+    return RefinementResult(rotations=R, volume=vol, history=history, shifts=final, resumed_rounds=done)
+
+
+_REFINE_STATE_FORMAT = "orbitcore-refine-state-1"
+
+
+def _plain_data(d: dict) -> dict:
+    """A callback's record as plain numbers, strings and lists (NumPy and 0-d tensor scalars
+    converted), so that the checkpoint reloads with ``weights_only``."""
+    import json  # noqa: PLC0415
+
+    def plain(x):
+        if hasattr(x, "tolist"):
+            return x.tolist()
+        raise TypeError(f"{type(x).__name__} is not plain data")
+
+    try:
+        return json.loads(json.dumps(d, default=plain))
+    except (TypeError, ValueError) as exc:
+        fail("refine_poses", f"the callback's dict must hold numbers, strings and lists ({exc})", TypeError)
+
+
+def _refine_fingerprint(img, vol, shifts, ctf) -> dict:
+    """Shapes and float64 sums of the inputs: enough to tell a different problem from the one a
+    checkpoint was started on (not an exactness check: the sums are compared to 1e-4)."""
+    def sums(x):
+        x = x.detach().double()
+        return [float(x.sum()), float(x.abs().sum()), float((x * x).sum())]
+
+    return {"images": [list(img.shape), *sums(img)], "volume": [list(vol.shape), *sums(vol)],
+            "shifts": None if shifts is None else [list(shifts.shape), *sums(shifts)],
+            "ctf": None if ctf is None else [len(ctf), *sums(torch.as_tensor(ctf.defocus_u))]}
+
+
+def _same_fingerprint(a, b) -> bool:
+    if (a is None) != (b is None):
+        return False
+    if a is None:
+        return True
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if (x is None) != (y is None):
+            return False
+        if x is None:
+            continue
+        if x[0] != y[0] or not all(math.isclose(u, v, rel_tol=1e-4, abs_tol=1e-9) for u, v in zip(x[1:], y[1:])):
+            return False
+    return True
+
+
+def _load_refine_state(path, settings: dict, fingerprint: dict, rounds: int):
+    """The checkpoint at ``path`` if it exists (checked against this call), else ``None``."""
+    import pathlib  # noqa: PLC0415
+
+    fn = "refine_poses"
+    p = pathlib.Path(path)
+    if not p.exists():
+        return None
+    if not p.is_file():
+        fail(fn, f"checkpoint {p} exists but is not a file")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        fail(fn, f"checkpoint {p} is not a readable refinement checkpoint ({type(exc).__name__}: {exc}); "
+                 "remove it to start afresh")
+    if not isinstance(state, dict) or state.get("format") != _REFINE_STATE_FORMAT:
+        fail(fn, f"checkpoint {p} is not a refinement checkpoint (format "
+                 f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+    if state["settings"] != settings:
+        diff = {k: (state["settings"].get(k), settings.get(k)) for k in settings
+                if state["settings"].get(k) != settings.get(k)}
+        fail(fn, f"checkpoint {p} was written with other settings (checkpoint, now): {diff}; use the same "
+                 "settings to continue it, or another checkpoint file")
+    if not _same_fingerprint(state["fingerprint"], fingerprint):
+        fail(fn, f"checkpoint {p} was started on other images, start map, shifts or CTFs than these; "
+                 "use another checkpoint file for a new refinement")
+    if int(state["round"]) > rounds:
+        fail(fn, f"checkpoint {p} already holds {state['round']} rounds, more than rounds={rounds}")
+    return state
+
+
+def _save_refine_state(path, state: dict) -> None:
+    from ..io.mrc import atomic_path  # noqa: PLC0415
+
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(state, tmp)
 
