@@ -32,6 +32,11 @@ on Ctrl-C); --resume continues exactly where it stopped. At the end the poses (O
 the map (OUT/volume.mrc) and a summary (OUT/evaluation.json; with --reference also the FSC after
 aligning the map, handedness included, and OUT/fsc.png) are written.
 
+--device cuda trains on a GPU. Launched by torchrun, the processes train one model together
+(data-parallel: each takes --batch-size particles of every step's global batch, the gradients
+are averaged; gloo on CPUs, nccl with --device cuda, one GPU per process); rank 0 writes the
+outputs, and --resume needs the same number of processes to continue exactly.
+
 examples:
   orbitcore simulate --phantom pseudo-molecule --size 64 --pixel-size 2 --n-images 10000 \\
       --snr-db 0 --shift-std 2 --out sim/particles.star
@@ -39,6 +44,7 @@ examples:
       --epochs 5 --reference sim/particles_volume.mrc
   orbitcore amortized train --out run1 --resume --epochs 10        # continue the same run
   orbitcore --threads 1 amortized train --particles p.star --decoder fouriernet --size 32 --out run2
+  torchrun --nproc-per-node 4 -m orbitcore amortized train --particles p.star --out run3 --device cuda
 """
 
 EVAL_HELP = """Run a trained encoder over every particle (no training) and write its poses.
@@ -109,16 +115,23 @@ def run_train(args) -> int:
     from .model import ModelConfig  # noqa: PLC0415
     from .train import Trainer, TrainConfig, evaluate  # noqa: PLC0415
 
+    from .. import _distributed  # noqa: PLC0415
+
     out = pathlib.Path(args.out)
     ckpt = out / "checkpoint.pt"
+    # under torchrun (WORLD_SIZE > 1): data-parallel, one process per GPU or CPU share; rank 0 writes
+    device = _distributed.local_device(args.device)
+    multi = _distributed.init_from_env(device)
+    world, rank = _distributed.world("amortized train", multi)
+    say = (lambda *a, **k: print(*a, **k)) if rank == 0 else (lambda *a, **k: None)
     if args.resume:
         if not ckpt.is_file():
             raise ValueError(f"--resume: {ckpt} does not exist (nothing to continue)")
         tr = Trainer.resume(ckpt, particles=args.particles, data_dir=args.data_dir, num_workers=args.workers,
-                            verbose=not args.quiet)
+                            verbose=not args.quiet, device=device, distributed=multi)
         if args.steps is not None or args.epochs is not None:
             tr.config.steps = args.steps if args.steps is not None else int(round(args.epochs * tr.batches_per_epoch))
-        print(f"resuming at step {tr.step} of {tr.config.steps}", file=sys.stderr)
+        say(f"resuming at step {tr.step} of {tr.config.steps}", file=sys.stderr)
     else:
         if args.particles is None:
             raise ValueError("--particles is required (or --resume to continue a run in --out)")
@@ -133,20 +146,27 @@ def run_train(args) -> int:
                          channels=tuple(args.channels),
                          max_shift=args.max_shift, pad=args.pad, fourier_hidden=args.fourier_hidden,
                          fourier_scoring=args.fourier_scoring, pose_heads=args.pose_heads, whiten_rotation=not args.no_whiten, seed=args.seed)
-        bpe = max(1, len(stack) // min(args.batch_size, len(stack)))
+        bpe = max(1, len(stack) // (max(1, min(args.batch_size, len(stack) // world)) * world))
         steps = args.steps if args.steps is not None else int(round((args.epochs or 1.0) * bpe))
         tc = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, decoder_lr=args.decoder_lr,
                          clip=args.clip if args.clip > 0 else None, num_workers=args.workers,
                          checkpoint_every=args.checkpoint_every, seed=args.seed, use_ctf=not args.no_ctf,
                          radius_start=args.radius_start, radius_hold=args.radius_hold,
                          radius_ramp=args.radius_ramp, lr_drop=args.lr_drop, drop_fraction=args.drop_fraction)
-        tr = Trainer(stack, mc, tc, out, verbose=not args.quiet)
-        out.mkdir(parents=True, exist_ok=True)
-        print(f"training {args.decoder} on {len(stack)} particles of {stack.size}x{stack.size} px "
-              f"({tr.batches_per_epoch} steps per epoch), {steps} steps -> {out}", file=sys.stderr)
+        tr = Trainer(stack, mc, tc, out, verbose=not args.quiet, device=device, distributed=multi)
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+        where = f"{world} processes" if world > 1 else str(tr.device)
+        say(f"training {args.decoder} on {len(stack)} particles of {stack.size}x{stack.size} px "
+            f"({tr.batches_per_epoch} steps per epoch), {steps} steps on {where} -> {out}", file=sys.stderr)
     tr.fit()
-    res = evaluate(tr, out_dir=out, reference=args.reference, verbose=not args.quiet)
-    _print_summary(res, out)
+    if rank == 0:
+        res = evaluate(tr, out_dir=out, reference=args.reference, verbose=not args.quiet)
+        _print_summary(res, out)
+    if multi:
+        import torch.distributed as dist  # noqa: PLC0415
+
+        dist.destroy_process_group()
     return 0
 
 
@@ -155,7 +175,7 @@ def run_evaluate(args) -> int:
 
     out = pathlib.Path(args.out)
     res = evaluate(args.checkpoint, args.particles, out_dir=out, data_dir=args.data_dir, reference=args.reference,
-                   batch_size=args.batch_size, align=not args.no_align, verbose=not args.quiet)
+                   batch_size=args.batch_size, align=not args.no_align, verbose=not args.quiet, device=args.device)
     _print_summary(res, out)
     if args.json_stdout:
         print(json.dumps(res.summary(), indent=1))
@@ -181,7 +201,7 @@ def run_refine(args) -> int:
     particles = args.particles if args.particles is not None else state["data"]["particles"]
     n = int(state["model_config"]["n"])
     ev = evaluate(args.checkpoint, particles, data_dir=args.data_dir, batch_size=args.batch_size, recalibrate=True,
-                  verbose=not args.quiet)
+                  verbose=not args.quiet, device=args.device)
     stack = ParticleStack(particles, data_dir=args.data_dir, size=n)
     use_ctf = bool(state["train_config"]["use_ctf"])
     scale = stack.n / stack.size
@@ -239,6 +259,7 @@ def _checkpoint_arguments(p) -> None:
     p.add_argument("--particles", default=None, help="particle STAR file (default: the one the model was trained on)")
     p.add_argument("--data-dir", default=None, help="where the image stacks are")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--device", default=None, help="where the model runs: cpu (default), cuda, cuda:1, ...")
 
 
 def register(sub) -> None:
@@ -254,6 +275,9 @@ def register(sub) -> None:
     io.add_argument("--data-dir", default=None, help="where the image stacks are (default: next to the STAR file)")
     io.add_argument("--out", required=True, metavar="DIR", help="output directory (checkpoint, history, poses, map)")
     io.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    io.add_argument("--device", default=None,
+                    help="where the model trains: cpu (default), cuda, cuda:1, ... (under torchrun, cuda means each "
+                         "process's own GPU, cuda:LOCAL_RANK)")
     io.add_argument("--reference", default=None, metavar="MAP.mrc",
                     help="reference map for the FSC at the end (e.g. the simulation's volume)")
     io.add_argument("--size", type=int, default=None,

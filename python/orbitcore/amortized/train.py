@@ -168,21 +168,26 @@ def loss_radius(step: int, radius: float, start: float | None = None, hold: int 
 class _EpochBatches(torch.utils.data.Sampler):
     """Minibatches of epoch ``epoch``: a permutation drawn from ``(seed, epoch)`` cut into
     ``batch_size`` rows (a last partial batch is dropped, so batch statistics stay comparable),
-    starting at batch ``start``. Mutable: the trainer sets ``epoch``/``start`` before iterating."""
+    starting at batch ``start``. Mutable: the trainer sets ``epoch``/``start`` before iterating.
 
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
+    Data-parallel (``world`` processes): the permutation is cut into global batches of
+    ``world × batch_size`` rows, and process ``rank`` takes its ``batch_size`` rows of each, so
+    the processes see disjoint particles and together the whole epoch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, world: int = 1, rank: int = 0):
+        self.n, self.batch_size, self.seed = n, min(batch_size, n // world), seed
+        self.world, self.rank = world, rank
         self.epoch, self.start = 0, 0
 
     @property
     def batches_per_epoch(self) -> int:
-        return self.n // self.batch_size
+        return self.n // (self.batch_size * self.world)
 
     def order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         perm = torch.randperm(self.n, generator=g)
-        nb = self.batches_per_epoch
-        return perm[: nb * self.batch_size].view(nb, self.batch_size)
+        nb, b = self.batches_per_epoch, self.batch_size
+        return perm[: nb * b * self.world].view(nb, self.world, b)[:, self.rank]
 
     def __iter__(self):
         for b in self.order(self.epoch)[self.start:]:
@@ -217,6 +222,24 @@ def _stack_ctf(stack, rows, n: int) -> torch.Tensor:
     return stack.ctf[torch.as_tensor(rows)].evaluate(n, dtype=torch.float64).float()
 
 
+def _resolve_device(fn: str, device, model) -> torch.device:
+    """``device`` parsed and checked (default: where ``model``'s parameters are)."""
+    if device is None:
+        p = next(model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        fail(fn, f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r} ({exc})")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        fail(fn, f"device={device!r}: CUDA is not available to this torch ({torch.__version__})", RuntimeError)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        fail(fn, f"device={device!r}: there are {torch.cuda.device_count()} CUDA devices")
+    if dev.type not in ("cpu", "cuda"):
+        fail(fn, f"device must be a CPU or CUDA device, got {device!r}")
+    return dev
+
+
 class Trainer:
     """Train an :class:`AmortizedModel` on a particle stack.
 
@@ -233,6 +256,17 @@ class Trainer:
         data_dir, size: passed to :class:`~orbitcore.io.ParticleStack` (``size``: Fourier-crop
             the images to this side for training).
         verbose: progress bar.
+        device: where the model and the batches live (``"cpu"``, ``"cuda"``, ``"cuda:1"``; default:
+            where the model is). The data are read on the CPU and copied per batch.
+        distributed: data-parallel training over a ``torch.distributed`` process group (``None``:
+            when one with more than one process is initialised, e.g. under ``torchrun``). Each
+            process takes ``batch_size`` particles of every global batch (disjoint, the same
+            permutation), the gradients are averaged over the processes before clipping and Adam,
+            and the normalisation layers' running statistics are rank 0's (broadcast before each
+            step): the semantics of ``DistributedDataParallel`` without ``SyncBatchNorm`` (each
+            process normalises with its own batch's statistics). The effective batch is
+            ``world × batch_size``. Only rank 0 writes checkpoints and shows the progress bar;
+            every process must call :meth:`fit` (the steps are collectives).
 
     Typical use::
 
@@ -242,8 +276,11 @@ class Trainer:
     """
 
     def __init__(self, particles, model=None, config=None, out_dir=None, *, data_dir=None, size: int | None = None,
-                 verbose: bool = True):
+                 verbose: bool = True, device=None, distributed: bool | None = None):
         fn = "Trainer"
+        from .. import _distributed  # noqa: PLC0415
+
+        self.world, self.rank = _distributed.world(fn, distributed)
         self.stack = _open_stack(fn, particles, data_dir=data_dir, size=size)
         stack = self.stack
         if isinstance(config, TrainConfig):
@@ -280,9 +317,14 @@ class Trainer:
         if self.config.radius_start is not None and self.config.radius_start > mc.radius:
             fail(fn, f"radius_start must be <= the model's radius {mc.radius:g} Fourier pixels, got "
                      f"{self.config.radius_start:g}")
-        if len(stack) < 2 and mc.batch_norm:
-            fail(fn, f"need at least 2 particles (batch normalisation), got {len(stack)}")
-        self.verbose = verbose
+        if len(stack) < 2 * self.world and mc.batch_norm:
+            fail(fn, f"need at least 2 particles per process (batch normalisation), got {len(stack)} for "
+                     f"{self.world} process(es)")
+        if len(stack) < self.world:
+            fail(fn, f"need at least one particle per process, got {len(stack)} for {self.world} processes")
+        self.device = _resolve_device(fn, device, self.model)
+        self.model.to(self.device)
+        self.verbose = verbose and self.rank == 0
         self.out_dir = pathlib.Path(out_dir) if out_dir is not None else None
         dec_lr = self.config.decoder_lr
         if dec_lr is None:
@@ -295,7 +337,7 @@ class Trainer:
             {"params": list(self.model.decoder_parameters()), "lr": dec_lr, "name": "decoder"},
         ], fused=self.model.mask.device.type in ("cpu", "cuda"))
         self._base_lrs = [self.config.lr, dec_lr]
-        self.sampler = _EpochBatches(len(stack), self.config.batch_size, self.config.seed)
+        self.sampler = _EpochBatches(len(stack), self.config.batch_size, self.config.seed, self.world, self.rank)
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -311,7 +353,8 @@ class Trainer:
     def _make_loader(self):
         w = self.config.num_workers
         return torch.utils.data.DataLoader(self.stack, batch_sampler=self.sampler, num_workers=w,
-                                           collate_fn=_collate, persistent_workers=w > 0)
+                                           collate_fn=_collate, persistent_workers=w > 0,
+                                           pin_memory=self.device.type == "cuda")
 
     def _batches(self):
         """Batches from the current (epoch, batch_in_epoch) on, forever."""
@@ -333,19 +376,26 @@ class Trainer:
 
     def train_step(self, batch: dict) -> dict:
         """One optimisation step on a collated batch (dict from the ParticleStack)."""
-        model, c = self.model, self.config
-        images = batch["image"].to(torch.float32)
-        ctf = _batch_ctf(batch, model.n, images.dtype) if c.use_ctf else None
-        shifts = batch["shift"].to(images.dtype) if model.config.shifts == "known" else None
+        model, c, dev = self.model, self.config, self.device
+        images = batch["image"].to(dev, torch.float32, non_blocking=True)
+        ctf = _batch_ctf(batch, model.n, images.dtype).to(dev) if c.use_ctf else None
+        shifts = batch["shift"].to(dev, images.dtype) if model.config.shifts == "known" else None
+        if self.world > 1:  # rank 0's running statistics, as DistributedDataParallel broadcasts them
+            from .._distributed import broadcast_  # noqa: PLC0415
+
+            broadcast_(list(model.buffers()))
         model.train()
         radius = self.radius_at()
         out = model(images, ctf, shifts, radius=radius)
-        if not torch.isfinite(out.loss):
-            fail("Trainer.train_step", f"the loss became {float(out.loss)} at step {self.step} (diverged); lower "
-                                       "the learning rates or the clipping threshold and resume from the last "
-                                       "checkpoint", FloatingPointError)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        stats = torch.stack([out.loss.detach(), out.loss_direct.detach().mean(), out.flipped.float().mean()])
+        if self.world > 1:
+            stats = self._average_over_processes(stats)
+        if not math.isfinite(float(stats[0])):  # (every process stops: the loss is the mean over them)
+            fail("Trainer.train_step", f"the loss became {float(stats[0])} at step {self.step} (diverged); lower "
+                                       "the learning rates or the clipping threshold and resume from the last "
+                                       "checkpoint", FloatingPointError)
         gn = None
         if c.clip is not None:
             gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip))
@@ -355,9 +405,30 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         self.batch_in_epoch += 1
-        return {"loss": float(out.loss.detach()), "loss_direct": float(out.loss_direct.detach().mean()),
-                "flipped": float(out.flipped.float().mean()), "grad_norm": gn, "images": images.shape[0],
-                "radius": radius, "lr_factor": f}
+        loss, loss_direct, flipped = stats.tolist()
+        return {"loss": loss, "loss_direct": loss_direct, "flipped": flipped, "grad_norm": gn,
+                "images": images.shape[0] * self.world, "radius": radius, "lr_factor": f}
+
+    def _average_over_processes(self, stats: torch.Tensor) -> torch.Tensor:
+        """Data-parallel: the gradients (in place) and ``stats`` averaged over the processes.
+        A parameter keeps ``grad=None`` only where no process has a gradient for it (as in one
+        process, so Adam skips it the same way)."""
+        from .._distributed import all_reduce_sum_  # noqa: PLC0415
+
+        params = list(self.model.parameters())
+        has = torch.tensor([q.grad is not None for q in params], dtype=stats.dtype, device=stats.device)
+        head = torch.cat([stats, has])
+        all_reduce_sum_([head])
+        grads = []
+        for q, n in zip(params, head[stats.numel():].tolist()):
+            if n > 0:
+                if q.grad is None:
+                    q.grad = torch.zeros_like(q)
+                grads.append(q.grad)
+        all_reduce_sum_(grads)
+        for g_ in grads:
+            g_.div_(self.world)
+        return head[:stats.numel()] / self.world
 
     # ------------------------------------------------------------------ the loop
     def fit(self, steps: int | None = None, *, callback=None, callback_every: int | None = None) -> list[dict]:
@@ -409,10 +480,10 @@ class Trainer:
                     if extra:
                         self.history.append({"step": self.step, **extra})
                     t_last = time.perf_counter()
-                if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.out_dir is not None:
+                if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self._writes:
                     self.save_checkpoint()
         except KeyboardInterrupt:
-            if self.out_dir is not None:
+            if self._writes:
                 p = self.save_checkpoint()
                 import sys  # noqa: PLC0415
 
@@ -420,9 +491,18 @@ class Trainer:
             raise
         finally:
             bar.close()
-        if self.out_dir is not None and self.step > 0:
+        if self.world > 1:  # every process ends with rank 0's model (its running statistics too)
+            from .._distributed import broadcast_  # noqa: PLC0415
+
+            broadcast_(list(self.model.buffers()))
+        if self._writes and self.step > 0:
             self.save_checkpoint()
         return self.history
+
+    @property
+    def _writes(self) -> bool:
+        """Whether this process writes the checkpoints (rank 0, with an ``out_dir``)."""
+        return self.out_dir is not None and self.rank == 0
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
@@ -432,7 +512,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "model_config": self.model.config.to_dict(),
             "train_config": self.config.to_dict(),
-            "model": self.model.state_dict(),
+            "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "rng_torch": torch.get_rng_state(),
@@ -479,10 +559,13 @@ class Trainer:
 
     @classmethod
     def resume(cls, checkpoint, particles=None, out_dir=None, *, data_dir=None, steps: int | None = None,
-               num_workers: int | None = None, verbose: bool = True) -> "Trainer":
+               num_workers: int | None = None, verbose: bool = True, device=None,
+               distributed: bool | None = None) -> "Trainer":
         """A trainer that continues a checkpoint exactly. ``particles`` defaults to the file the
         run was trained on; the normalisation is the checkpoint's. ``steps`` extends (or
-        shortens) the run; ``num_workers`` may change (it does not affect the results)."""
+        shortens) the run; ``num_workers`` may change (it does not affect the results);
+        ``device`` and ``distributed`` as in :class:`Trainer` (a data-parallel run continues
+        exactly with the same number of processes)."""
         state = load_checkpoint(checkpoint)
         d = state["data"]
         cfg = dict(state["train_config"])
@@ -503,7 +586,7 @@ class Trainer:
                             size=d["size"] if d["size"] != d["box"] else None, normalize=(d["mean"], d["std"]))
         model = AmortizedModel(ModelConfig.from_dict(state["model_config"]))
         out = out_dir if out_dir is not None else pathlib.Path(checkpoint).parent
-        tr = cls(stack, model, TrainConfig(**cfg), out, verbose=verbose)
+        tr = cls(stack, model, TrainConfig(**cfg), out, verbose=verbose, device=device, distributed=distributed)
         tr.load_state(state)
         return tr
 
@@ -566,11 +649,12 @@ def recalibrate_statistics(model: AmortizedModel, stack, *, batch_size: int = 25
     if needs_ctf and stack.ctf is None:
         fail(fn, f"the model's encoder reads CTF-corrected images (encoder_input={m.config.encoder_input!r}), "
                  "but the particle file has no CTF parameters")
+    dev = m.mask.device
     for rows, images in stack.batches(batch_size):
         if images.shape[0] < 2:
             continue
-        x = images.float()
-        ctf = _stack_ctf(stack, rows, m.n) if needs_ctf else None
+        x = images.to(dev, torch.float32)
+        ctf = _stack_ctf(stack, rows, m.n).to(dev) if needs_ctf else None
         if m.config.symmetric:
             x = m.rotation_layer(x)
             ctf = None if ctf is None else torch.cat((ctf, ctf))  # the CTF is centrosymmetric
@@ -610,15 +694,17 @@ def predict_poses(model: AmortizedModel, stack, *, batch_size: int = 256, use_ct
     t = torch.empty(N, 2)
     fl = torch.zeros(N, dtype=torch.bool)
     loss = torch.empty(N)
+    dev = model.mask.device  # the model's device; results come back to the CPU
     t0 = time.perf_counter()
     try:
         with tqdm(total=N, unit="img", desc="evaluate", disable=not verbose) as bar:
             for rows, images in stack.batches(batch_size):
                 rows_t = torch.from_numpy(rows)
-                ctf = _stack_ctf(stack, rows_t, model.n) if use_ctf else None
-                shifts = stack.shifts[rows_t] if model.config.shifts == "known" else None
-                out = model(images.float(), ctf, shifts)
-                R[rows_t], t[rows_t], fl[rows_t], loss[rows_t] = out.rotations, out.shifts, out.flipped, out.per_image
+                ctf = _stack_ctf(stack, rows_t, model.n).to(dev) if use_ctf else None
+                shifts = stack.shifts[rows_t].to(dev) if model.config.shifts == "known" else None
+                out = model(images.to(dev, torch.float32), ctf, shifts)
+                R[rows_t], t[rows_t] = out.rotations.cpu().float(), out.shifts.cpu().float()
+                fl[rows_t], loss[rows_t] = out.flipped.cpu(), out.per_image.cpu().float()
                 bar.update(len(rows))
     finally:
         model.train(was)
@@ -700,7 +786,7 @@ def _reference_volume(fn: str, reference, D: int, pixel_size: float) -> torch.Te
 
 def evaluate(source, particles=None, *, out_dir=None, star_path=None, volume_path=None, reference=None,
              data_dir=None, batch_size: int = 256, align: bool = True, fsc_png: bool = True,
-             recalibrate: bool = True, verbose: bool = True) -> EvaluationResult:
+             recalibrate: bool = True, verbose: bool = True, device=None) -> EvaluationResult:
     """Predict every particle's pose, write them as STAR, export the volume (MRC) and compare
     with a reference (module docstring).
 
@@ -716,6 +802,8 @@ def evaluate(source, particles=None, *, out_dir=None, star_path=None, volume_pat
         recalibrate: predict with normalisation statistics re-estimated over the particles with
             the final weights (:func:`recalibrate_statistics`; the model itself is unchanged).
         batch_size: images per evaluation batch.
+        device: where a checkpoint's model runs (default the CPU; a :class:`Trainer`'s model runs
+            where it is). Results are returned on the CPU.
 
     Returns:
         :class:`EvaluationResult`.
@@ -728,6 +816,7 @@ def evaluate(source, particles=None, *, out_dir=None, star_path=None, volume_pat
         default = source.stack
     elif isinstance(source, (str, pathlib.Path)):
         model, state = model_from_checkpoint(source)
+        model.to(_resolve_device(fn, device, model))
         d = state["data"]
         norm = (d["mean"], d["std"])
         use_ctf = bool(state["train_config"]["use_ctf"])
@@ -747,7 +836,7 @@ def evaluate(source, particles=None, *, out_dir=None, star_path=None, volume_pat
     scale = stack.n / stack.size  # shifts back to the particle file's pixels
     shifts = pred["shifts"] * scale
     px = float(stack.pixel_size[0]) if stack.pixel_size is not None else 1.0
-    vol = model.volume().float()
+    vol = model.volume().float().cpu()
     out = pathlib.Path(out_dir) if out_dir is not None else None
     if out is not None and star_path is None:
         star_path = out / "poses.star"
