@@ -342,3 +342,111 @@ def test_frequency_marching_lift_keeps_the_volume(gen):
     lifted = em._lift(small, theta, big)
     torch.testing.assert_close(big.volume(lifted), small.volume(theta), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(big.projections(lifted), small.projections(theta), rtol=1e-10, atol=1e-10)
+
+
+def _em_problem():
+    vol = torch.randn(L, L, L, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    m = em.simulate_micrographs(vol, 91, gamma=0.1, snr=5.0, ell_max=2, seed=2)
+    x = em.extract_patches(m.micrographs, L)
+    kw = dict(L=L, ell_max=[1, 2], K=12, iterations=[2, 2], S=0.5, epsilon=-math.inf, seed=3, dtype=torch.float64)
+    return x, m.sigma, kw
+
+
+def _em_worker(rank, world, port, path):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        x, sigma, kw = _em_problem()
+        vol, st, _ = em.reconstruct(x, sigma, **kw)  # distributed=None: the initialised group is used
+        # the statistics of two halves, summed over the processes, against those of the whole
+        op = em.EMOperator(L, 2, em.rotation_grid(12))
+        theta = op.random_theta(torch.Generator().manual_seed(1))
+        part = em.e_step(op, x[rank::world], theta, em.uniform_log_prior(L), sigma, dtype=torch.float64)
+        part.all_reduce()
+        torch.save({"vol": vol, "Q": [h["Q"] for h in st.history], "patches": [h["patches"] for h in st.history],
+                    "n": part.n, "energy": part.energy, "empty": part.empty, "ll": part.log_likelihood,
+                    "sw": part.shift_weights, "bp": part.backprojection}, f"{path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_reconstruct_split_over_two_processes_equals_one_process(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_em_worker, args=(2, port, str(tmp_path / "res")), nprocs=2, join=True)
+    x, sigma, kw = _em_problem()
+    vol, st, _ = em.reconstruct(x, sigma, **kw)
+    op = em.EMOperator(L, 2, em.rotation_grid(12))
+    theta = op.random_theta(torch.Generator().manual_seed(1))
+    whole = em.e_step(op, x, theta, em.uniform_log_prior(L), sigma, dtype=torch.float64)
+    got = [torch.load(tmp_path / f"res.{r}", weights_only=True) for r in range(2)]
+    for g in got:
+        assert g["n"] == whole.n and g["energy"] == pytest.approx(whole.energy, rel=1e-13)
+        assert g["empty"] == pytest.approx(whole.empty, rel=1e-12)
+        assert g["ll"] == pytest.approx(whole.log_likelihood, rel=1e-12)
+        torch.testing.assert_close(g["sw"], whole.shift_weights, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g["bp"], whole.backprojection, rtol=1e-12, atol=1e-12)
+        # the whole reconstruction: the same minibatches, the same M-steps (sums in another order)
+        assert g["patches"] == [h["patches"] for h in st.history]
+        assert g["Q"] == pytest.approx([h["Q"] for h in st.history], rel=1e-11)
+        torch.testing.assert_close(g["vol"], vol, rtol=1e-9, atol=1e-9 * float(vol.abs().max()))
+    assert torch.equal(got[0]["vol"], got[1]["vol"])
+
+
+def test_distributed_em_arguments_are_checked():
+    x, sigma, kw = _em_problem()
+    with pytest.raises(RuntimeError, match="reconstruct: distributed=True needs an initialised"):
+        em.reconstruct(x, sigma, distributed=True, **kw)
+    op = em.EMOperator(L, 1, em.rotation_grid(4))
+    st = em.e_step(op, x[:3], torch.zeros(op.M), em.uniform_log_prior(L), sigma, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="Statistics.all_reduce: torch.distributed is not initialised"):
+        st.all_reduce()
+
+
+def _em_cli_worker(rank, world, port, args):
+    import os
+
+    from orbitcore.cli import main
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))  # what torchrun sets
+    torch.set_num_threads(1)
+    assert main(args) == 0
+
+
+@pytest.mark.distributed
+def test_cli_reconstruct_under_torchrun_environment_matches_one_process(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from orbitcore.cli import main
+    from orbitcore.io import read_mrc
+
+    sim = tmp_path / "sim"
+    assert main(["em", "simulate-micrographs", "--phantom", "shepp-logan", "--size", "7", "--N", "84", "--gamma",
+                 "0.1", "--snr", "5", "--ell-max", "2", "--out", str(sim)]) == 0
+    common = ["em", "reconstruct", "--micrographs", str(sim / "micrograph_000.mrc"), "--L", "7", "--ell-max", "1,2",
+              "--K", "12", "--iterations", "2,1", "--S", "0.5", "--float64", "--sigma-from", str(sim / "truth.json")]
+    assert main(common + ["--out", str(tmp_path / "one" / "vol.mrc")]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_em_cli_worker, args=(2, port, common + ["--out", str(tmp_path / "two" / "vol.mrc")]), nprocs=2,
+             join=True)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["vol.ckpt", "vol.json", "vol.mrc"]
+    a, _ = read_mrc(tmp_path / "one" / "vol.mrc")
+    b, _ = read_mrc(tmp_path / "two" / "vol.mrc")
+    assert abs(a - b).max() <= 1e-6 * abs(a).max()  # float32 files of the same float64 reconstruction

@@ -383,6 +383,27 @@ class Statistics:
     empty_posterior: torch.Tensor
     shift_posterior: Optional[torch.Tensor]
 
+    def all_reduce(self, group=None) -> "Statistics":
+        """Sum the statistics of every process of a ``torch.distributed`` group, in place (a
+        collective: every process calls it, each with the E-step of its own patches). The sums
+        (``n``, ``energy``, ``shift_weights``, ``empty``, ``backprojection``, ``log_likelihood``)
+        become those of all the patches; the per-patch fields stay this process's."""
+        import torch.distributed as dist  # noqa: PLC0415
+
+        fn = "Statistics.all_reduce"
+        if not (dist.is_available() and dist.is_initialized()):
+            fail(fn, "torch.distributed is not initialised (call torch.distributed.init_process_group "
+                     "first)", RuntimeError)
+        scalars = torch.tensor([self.n, self.energy, self.empty, self.log_likelihood], dtype=torch.float64,
+                               device=self.shift_weights.device)
+        flat = torch.cat([scalars, self.shift_weights.reshape(-1).double(), self.backprojection.reshape(-1).double()])
+        dist.all_reduce(flat, group=group)
+        self.n, self.energy, self.empty, self.log_likelihood = flat[:4].tolist()
+        k = 4 + self.shift_weights.numel()
+        self.shift_weights = flat[4:k].view_as(self.shift_weights).to(self.shift_weights.dtype)
+        self.backprojection = flat[k:].view_as(self.backprojection).to(self.backprojection.dtype)
+        return self
+
 
 def uniform_log_prior(L: int) -> torch.Tensor:
     """``log rho`` uniform over the paper's ``(2L)^2`` shifts: ``(D + 1,)`` (D displacements, then the
@@ -531,7 +552,8 @@ def _lift(op_from: EMOperator, theta, op_to: EMOperator) -> torch.Tensor:
 def reconstruct(patches, sigma: float, *, L: int, ell_max: Sequence[int] = (6, 8, 10), K: int = 552,
                 iterations: Sequence[int] | int = 10, S: float = 1.0, epsilon: float = 0.0, seed: int = 0,
                 theta0=None, log_prior0=None, dtype=torch.float32, state: Optional[EMState] = None,
-                callback: Optional[Callable[[EMState, EMOperator], None]] = None) -> tuple[torch.Tensor, EMState, EMOperator]:
+                callback: Optional[Callable[[EMState, EMOperator], None]] = None,
+                distributed: Optional[bool] = None) -> tuple[torch.Tensor, EMState, EMOperator]:
     """Algorithm 1 (stochastic approximate EM) with frequency marching (§III-D).
 
     Args:
@@ -548,6 +570,12 @@ def reconstruct(patches, sigma: float, *, L: int, ell_max: Sequence[int] = (6, 8
             the data); theta0 / log_prior0: explicit start for the first stage.
         dtype: E-step precision; state: resume from a saved :class:`EMState`;
         callback: called after every iteration with ``(state, operator)`` (progress, checkpoints).
+        distributed: split every E-step over a ``torch.distributed`` process group (``None``: when
+            one with more than one process is initialised, e.g. under ``torchrun``). Every process
+            holds all the patches and draws the same minibatch; each runs the E-step on its share
+            (every ``world``-th patch of it) and the sufficient statistics are summed
+            (:meth:`Statistics.all_reduce`), so every process makes the same M-step and ends with
+            the same state: the reconstruction of one process, up to the order of the sums.
 
     Returns:
         ``(volume (L, L, L) float64, state, operator of the last stage)``.
@@ -571,8 +599,13 @@ def reconstruct(patches, sigma: float, *, L: int, ell_max: Sequence[int] = (6, 8
     if S > 1:
         fail(fn, f"S must be in (0, 1], got {S}")
     K = V.check_int(fn, "K", K, minimum=1)
+    from .. import _distributed  # noqa: PLC0415
+
+    world, rank = _distributed.world(fn, distributed)
     P = int(x.shape[0])
     B = max(1, int(math.floor(S * P)))
+    if B < world:
+        fail(fn, f"each E-step draws floor(S P) = {B} patches, fewer than the {world} processes sharing it")
     R = rotation_grid(K)
     rng = torch.Generator().manual_seed(int(seed))
     if state is None:
@@ -596,7 +629,10 @@ def reconstruct(patches, sigma: float, *, L: int, ell_max: Sequence[int] = (6, 8
         q_prev = state.history[-1]["Q"] if state.history and state.history[-1]["stage"] == stage else -math.inf
         t0 = time.perf_counter()
         idx = torch.randperm(P, generator=rng)[:B] if B < P else torch.arange(P)
-        stats = e_step(op, x[idx], state.theta, state.log_prior, sigma, dtype=dtype)
+        if world == 1:
+            stats = e_step(op, x[idx], state.theta, state.log_prior, sigma, dtype=dtype)
+        else:  # this process's share of the minibatch; the sums over all of it (eq. 22-24)
+            stats = e_step(op, x[idx[rank::world]], state.theta, state.log_prior, sigma, dtype=dtype).all_reduce()
         t1 = time.perf_counter()
         q = q_value(op, stats, state.theta, state.log_prior, sigma)  # Q_k of Algorithm 1
         theta, lp = m_step(op, stats)

@@ -37,8 +37,6 @@ def _volume(args):
 
 
 def run_simulate(args) -> int:
-    import torch  # noqa: PLC0415
-
     from .. import em  # noqa: PLC0415
     from ..io import write_mrc  # noqa: PLC0415
     from ..io.mrc import atomic_path  # noqa: PLC0415
@@ -78,9 +76,14 @@ def run_reconstruct(args) -> int:
     import numpy as np  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
-    from .. import em  # noqa: PLC0415
+    from .. import _distributed, em  # noqa: PLC0415
     from ..io import read_mrc, write_mrc  # noqa: PLC0415
     from ..io.mrc import atomic_path  # noqa: PLC0415
+
+    # under torchrun (WORLD_SIZE > 1) the E-steps are split over the processes; rank 0 writes
+    multi = _distributed.init_from_env()
+    rank = _distributed.world("em reconstruct", multi)[1]
+    say = print if rank == 0 else (lambda *a, **k: None)
 
     mics = []
     for p in args.micrographs:
@@ -106,21 +109,29 @@ def run_reconstruct(args) -> int:
     if args.resume and ckpt.exists():
         saved = torch.load(ckpt, weights_only=False)
         state = saved["state"]
-        print(f"resuming from {ckpt}: stage {state.stage}, iteration {state.iteration}", flush=True)
-    print(f"{patches.shape[0]} patches of {args.L}x{args.L} from {len(mics)} micrograph(s); K = {args.K}, "
+        say(f"resuming from {ckpt}: stage {state.stage}, iteration {state.iteration}", flush=True)
+    say(f"{patches.shape[0]} patches of {args.L}x{args.L} from {len(mics)} micrograph(s); K = {args.K}, "
           f"ell_max schedule {ell}, S = {args.S}, sigma = {sigma:.6g}", flush=True)
 
     def progress(st, op):
         h = st.history[-1]
-        print(f"  ell_max {h['ell_max']:2d} it {h['iteration']:3d}  Q = {h['Q']:.6e}  loglik = {h['log_likelihood']:.6e}"
+        say(f"  ell_max {h['ell_max']:2d} it {h['iteration']:3d}  Q = {h['Q']:.6e}  loglik = {h['log_likelihood']:.6e}"
               f"  {h['seconds']:.2f} s ({h['patches']} patches)", flush=True)
+        if rank != 0:
+            return
         with atomic_path(ckpt, suffix=".ckpt") as tmp:
             torch.save({"state": st, "args": {k: v for k, v in vars(args).items()
                                                     if isinstance(v, (int, float, str, list, type(None)))}}, tmp)
 
     vol, state, op = em.reconstruct(patches, sigma, L=args.L, ell_max=ell, K=args.K, iterations=its, S=args.S,
                                     epsilon=args.epsilon, seed=args.seed, state=state, callback=progress,
-                                    dtype=torch.float64 if args.float64 else torch.float32)
+                                    dtype=torch.float64 if args.float64 else torch.float32, distributed=multi)
+    if multi:
+        import torch.distributed as dist  # noqa: PLC0415
+
+        dist.destroy_process_group()
+    if rank != 0:
+        return 0
     write_mrc(out, vol.float().numpy(), 1.0)
     report = {"history": state.history, "L": args.L, "K": args.K, "ell_max": ell, "S": args.S, "sigma": sigma}
     if args.reference:
@@ -134,7 +145,7 @@ def run_reconstruct(args) -> int:
         report["fsc"] = {"curve": r.curve.tolist() if hasattr(r.curve, "tolist") else list(r.curve),
                          "resolution_05_px": r.resolution_05_px, "correlation": al.correlation}
         plot_fsc(r, out.with_name(out.stem + "_fsc.png"), title="EM reconstruction vs reference")
-        print(f"FSC vs reference: 0.5 crossing at {r.resolution_05_px:.2f} px; curve "
+        say(f"FSC vs reference: 0.5 crossing at {r.resolution_05_px:.2f} px; curve "
               + " ".join(f"{v:.3f}" for v in report["fsc"]["curve"]), flush=True)
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(report, indent=1))
