@@ -183,6 +183,7 @@ def run_evaluate(args) -> int:
 
 
 def run_refine(args) -> int:
+    from .. import _distributed  # noqa: PLC0415
     from ..io import ParticleStack, write_mrc  # noqa: PLC0415
     from ..io.mrc import atomic_path  # noqa: PLC0415
     from .search import check_refine_settings, check_shift_search, refine_poses  # noqa: PLC0415
@@ -191,6 +192,11 @@ def run_refine(args) -> int:
     # the refinement's settings are checked before the (slow) evaluation runs
     check_refine_settings(args.rounds, args.step, args.local_step, args.regularization, args.global_rounds)
     check_shift_search(args.shift_search)
+    # under torchrun (WORLD_SIZE > 1) every search is split over the processes; rank 0 writes
+    device = _distributed.local_device(args.device)
+    multi = _distributed.init_from_env(device)
+    rank = _distributed.world("amortized refine", multi)[1]
+    quiet = args.quiet or rank != 0
     out = pathlib.Path(args.out)
     progress = out / "refine_state.pt"
     if progress.exists() and not args.resume:
@@ -201,7 +207,7 @@ def run_refine(args) -> int:
     particles = args.particles if args.particles is not None else state["data"]["particles"]
     n = int(state["model_config"]["n"])
     ev = evaluate(args.checkpoint, particles, data_dir=args.data_dir, batch_size=args.batch_size, recalibrate=True,
-                  verbose=not args.quiet, device=args.device)
+                  verbose=not quiet, device=device)
     stack = ParticleStack(particles, data_dir=args.data_dir, size=n)
     use_ctf = bool(state["train_config"]["use_ctf"])
     scale = stack.n / stack.size
@@ -214,7 +220,7 @@ def run_refine(args) -> int:
         from ..metrics import pose_errors  # noqa: PLC0415
 
         pe = pose_errors(R, stack.rotations)
-        if not args.quiet:
+        if not quiet:
             print(f"round {r}: median rotation error {pe.rotation_median_angle:.2f} deg vs the particle file",
                   file=sys.stderr)
         return {"rot_median_angle_deg": pe.rotation_median_angle,
@@ -223,8 +229,14 @@ def run_refine(args) -> int:
     res = refine_poses(ev.volume.float(), images, ctf=ctf, shifts=(ev.shifts / scale).float(), rounds=args.rounds,
                        step=args.step, local_step=args.local_step, regularization=args.regularization,
                        global_rounds=args.global_rounds, shift_search=args.shift_search, callback=report,
-                       checkpoint=progress, verbose=not args.quiet)
-    if res.resumed_rounds and not args.quiet:
+                       checkpoint=progress, verbose=not quiet, distributed=multi)
+    if multi:
+        import torch.distributed as dist  # noqa: PLC0415
+
+        dist.destroy_process_group()
+    if rank != 0:
+        return 0
+    if res.resumed_rounds and not quiet:
         print(f"continued from round {res.resumed_rounds} ({progress})", file=sys.stderr)
     history = res.history
     out.mkdir(parents=True, exist_ok=True)
@@ -242,7 +254,7 @@ def run_refine(args) -> int:
         from ..metrics.plots import plot_fsc  # noqa: PLC0415
 
         ref = _reference_volume("refine", args.reference, n, px)
-        al = align_volumes(ref, res.volume.double(), mirror=True, verbose=not args.quiet)
+        al = align_volumes(ref, res.volume.double(), mirror=True, verbose=not quiet)
         f = fsc(ref, al.aligned, px)
         doc["fsc_resolution_05_A"], doc["fsc_resolution_0143_A"] = f.resolution_05, f.resolution_0143
         plot_fsc(f, out / "fsc.png", title="projection-matching refinement vs reference")

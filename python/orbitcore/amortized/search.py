@@ -308,7 +308,7 @@ def check_shift_search(shift_search) -> float:
 def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step: float = 7.5, refine: int = 3,
                  local_step: float = 4.0, regularization: float = 1.0, radius: float | None = None,
                  global_rounds: int = 1, shift_search: float = 0.0, callback=None, checkpoint=None,
-                 verbose: bool = False) -> RefinementResult:
+                 verbose: bool = False, distributed: bool | None = None) -> RefinementResult:
     """Projection matching from a starting map, e.g. an amortized decoder's: alternate the
     maximum-likelihood rotations (:func:`search_poses`, scale fitted; global searches in the first
     ``global_rounds`` rounds, local searches from the previous rotations after) and the known-pose
@@ -339,12 +339,20 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
             run again, and the result is the one an uninterrupted run gives (bit for bit with the
             same threads). ``rounds`` may be raised to extend a finished refinement; the other
             settings, the images, the start map and the shifts must be those it was started with
-            (checked; a clear error otherwise).
+            (checked; a clear error otherwise). Data-parallel, rank 0 writes it.
+        distributed: split every search over a ``torch.distributed`` process group (``None``: when
+            one with more than one process is initialised, e.g. under ``torchrun``): each process
+            searches every ``world``-th image (and re-estimates its shift), the rotations, scores
+            and shifts are gathered, and every process reconstructs from all of them. Every process
+            passes the same inputs and gets the same result, that of one process.
 
     Returns:
         :class:`RefinementResult`.
     """
     fn = "refine_poses"
+    from .. import _distributed  # noqa: PLC0415
+
+    world, rank = _distributed.world(fn, distributed)
     rounds, step, local_step, regularization, global_rounds = check_refine_settings(
         rounds, step, local_step, regularization, global_rounds)
     shift_search = check_shift_search(shift_search)
@@ -372,28 +380,48 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
             done, history = int(state["round"]), list(state["history"])
             to = lambda x: None if x is None else x.to(vol.device)  # noqa: E731 - saved on the CPU
             R, t, prior, vol = to(state["rotations"]), to(state["shifts"]), to(state["prior"]), to(state["volume"])
+    # data-parallel: every process searches every world-th image; the answers are gathered, and
+    # every process reconstructs from all of them (the same map everywhere)
+    N = img.shape[0]
+    mine = slice(rank, None, world) if world > 1 else slice(None)
+    sub = lambda x: None if x is None else (x[mine] if world > 1 else x)  # noqa: E731
+
+    def gather(part: torch.Tensor) -> torch.Tensor:
+        if world == 1:
+            return part
+        from .._distributed import all_reduce_sum_  # noqa: PLC0415
+
+        full = part.new_zeros((N,) + tuple(part.shape[1:]))
+        full[mine] = part
+        all_reduce_sum_([full])  # the other rows are zeros: the sum is exact
+        return full
+
     for r in range(done + 1, rounds + 1):
         t0 = time.perf_counter()
         local = r > global_rounds
-        res = search_poses(vol, img, ctf=ctf, shifts=t, step=local_step if local else step, refine=refine,
-                           radius=radius, fit_scale=True, init_rotations=R if local else None, verbose=verbose)
-        change = float("nan") if R is None else float(rotation_angle(R, res.rotations).mean())
-        R = res.rotations
+        # the search: this process's share of the images (all of them in one process)
+        res = search_poses(vol, img[mine], ctf=sub(ctf), shifts=sub(t), step=local_step if local else step,
+                           refine=refine, radius=radius, fit_scale=True, init_rotations=sub(R) if local else None,
+                           verbose=verbose and rank == 0)
+        R_new, scores = gather(res.rotations), gather(res.scores)
+        change = float("nan") if R is None else float(rotation_angle(R, R_new).mean())
+        R = R_new
         moved = 0.0
         if shift_search > 0:
-            t_new = refine_shifts(vol, img, R, ctf=ctf, shifts=prior, max_shift=shift_search,
-                                  upsample=_SHIFT_UPSAMPLE, radius=radius).to(vol.dtype)
+            t_new = gather(refine_shifts(vol, img[mine], R[mine], ctf=sub(ctf), shifts=sub(prior),
+                                         max_shift=shift_search, upsample=_SHIFT_UPSAMPLE,
+                                         radius=radius)).to(vol.dtype)
             moved = float((t_new - (0 if t is None else t)).norm(dim=1).mean())
             t = t_new
         vol = backproject(img, R.to(vol.dtype), t, ctf, regularization=regularization)
-        history.append({"round": r, "search": "local" if local else "global", "mean_score": float(res.scores.mean()),
+        history.append({"round": r, "search": "local" if local else "global", "mean_score": float(scores.mean()),
                         "mean_change_deg": change, "mean_shift_change_px": moved,
                         "seconds": time.perf_counter() - t0})
         if callback is not None:
             extra = callback(r, R, vol)
             if isinstance(extra, dict):
                 history[-1].update(_plain_data(extra))
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:  # (every process holds the same state)
             cpu = lambda x: None if x is None else x.detach().cpu()  # noqa: E731
             _save_refine_state(checkpoint, {"format": _REFINE_STATE_FORMAT, "round": r, "settings": settings,
                                             "fingerprint": fingerprint, "rotations": cpu(R), "volume": cpu(vol),
