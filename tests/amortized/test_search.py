@@ -375,3 +375,14 @@ def test_refine_split_over_two_processes_equals_one_process(tmp_path):
     assert state["round"] == 2 and torch.equal(state["rotations"], got[0]["R"])
     # the test is not vacuous: the local round moved the rotations, and the shifts moved
     assert one.history[1]["mean_change_deg"] > 1.0 and one.history[0]["mean_shift_change_px"] > 0.1
+
+
+@pytest.mark.cuda
+def test_refine_on_the_gpu_matches_the_cpu(data):
+    vol, R, t, ctf, imgs = data
+    kw = dict(ctf=ctf, shifts=t, rounds=2, step=30.0, refine=1, regularization=0.01, shift_search=1.0)
+    cpu = refine_poses(_blurred_start(vol), imgs, **kw)
+    gpu = refine_poses(_blurred_start(vol).cuda(), imgs, **kw)
+    assert gpu.volume.is_cuda and gpu.rotations.device.type == "cpu"
+    assert float(oc.metrics.rotation_angle(cpu.rotations, gpu.rotations).max()) < 1e-6
+    torch.testing.assert_close(gpu.volume.cpu(), cpu.volume, rtol=1e-9, atol=1e-9)

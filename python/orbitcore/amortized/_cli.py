@@ -226,7 +226,7 @@ def run_refine(args) -> int:
         return {"rot_median_angle_deg": pe.rotation_median_angle,
                 "rot_median_sq_frobenius": pe.rotation_median_sq_frobenius}
 
-    res = refine_poses(ev.volume.float(), images, ctf=ctf, shifts=(ev.shifts / scale).float(), rounds=args.rounds,
+    res = refine_poses(ev.volume.float().to(device or "cpu"), images, ctf=ctf, shifts=(ev.shifts / scale).float(), rounds=args.rounds,
                        step=args.step, local_step=args.local_step, regularization=args.regularization,
                        global_rounds=args.global_rounds, shift_search=args.shift_search, callback=report,
                        checkpoint=progress, verbose=not quiet, distributed=multi)
@@ -244,7 +244,7 @@ def run_refine(args) -> int:
     # the shifts: the encoder's, or with --shift-search the refined ones (model pixels -> the file's)
     stack.table.with_poses(res.rotations, res.shifts * scale if args.shift_search > 0 else ev.shifts).write(
         out / "poses.star")
-    write_mrc(out / "volume.mrc", res.volume.float().numpy(), voxel_size=px)
+    write_mrc(out / "volume.mrc", res.volume.float().cpu().numpy(), voxel_size=px)
     doc = {"checkpoint": str(args.checkpoint), "particles": str(particles), "rounds": history,
            "encoder_pose_errors": None if ev.pose_errors is None else
            {"rot_median_angle_deg": ev.pose_errors.rotation_median_angle,
@@ -254,7 +254,7 @@ def run_refine(args) -> int:
         from ..metrics.plots import plot_fsc  # noqa: PLC0415
 
         ref = _reference_volume("refine", args.reference, n, px)
-        al = align_volumes(ref, res.volume.double(), mirror=True, verbose=not quiet)
+        al = align_volumes(ref, res.volume.double().cpu(), mirror=True, verbose=not quiet)
         f = fsc(ref, al.aligned, px)
         doc["fsc_resolution_05_A"], doc["fsc_resolution_0143_A"] = f.resolution_05, f.resolution_0143
         plot_fsc(f, out / "fsc.png", title="projection-matching refinement vs reference")
@@ -271,7 +271,8 @@ def _checkpoint_arguments(p) -> None:
     p.add_argument("--particles", default=None, help="particle STAR file (default: the one the model was trained on)")
     p.add_argument("--data-dir", default=None, help="where the image stacks are")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--device", default=None, help="where the model runs: cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--device", default=None,
+                   help="where the model (and refine's searches and reconstructions) run: cpu (default), cuda, cuda:1, ...")
 
 
 def register(sub) -> None:

@@ -206,7 +206,7 @@ def search_poses(volume, images, *, ctf=None, shifts=None, step: float = 7.5, re
                 cand = Rb[:, None] @ stencil[None]                                  # (b, 27, 3, 3)
                 T = proj.fourier(cand.reshape(-1, 3, 3)).reshape(e - s, 27, D, D)
                 top = _score_each(a, c2, T, mask, fit_scale).max(1)
-                Rb, sb = cand[torch.arange(e - s), top.indices], top.values
+                Rb, sb = cand[torch.arange(e - s, device=cand.device), top.indices], top.values
             if sb is None:  # local search with refine=0: score the initial rotations
                 sb = _score_each(a, c2, proj.fourier(Rb), mask, fit_scale)
             best[s:e], score[s:e] = Rb.double().cpu(), sb.double().cpu()
@@ -315,7 +315,10 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
     reconstruction (:func:`orbitcore.physics.backproject`, Wiener constant ``regularization``).
 
     Args:
-        volume: real ``(D, D, D)`` starting map (any units and frame).
+        volume: real ``(D, D, D)`` starting map (any units and frame). The searches and the
+            reconstructions run on its device (a GPU map: the images are copied there per batch
+            for the search and whole for the reconstruction); rotations and shifts come back on
+            the CPU, the map on that device.
         images, shifts: as in :func:`search_poses` (kept fixed unless ``shift_search > 0``).
         ctf: ``None`` or a :class:`~orbitcore.physics.CTFParams` with ``N`` entries (the
             reconstruction needs the parameters, not only the values).
@@ -413,7 +416,9 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
                                          radius=radius)).to(vol.dtype)
             moved = float((t_new - (0 if t is None else t)).norm(dim=1).mean())
             t = t_new
-        vol = backproject(img, R.to(vol.dtype), t, ctf, regularization=regularization)
+        dev = vol.device  # the reconstruction runs where the map is (the images are copied there)
+        vol = backproject(img.to(dev), R.to(dev, vol.dtype), None if t is None else t.to(dev),
+                          None if ctf is None else ctf.to(dev), regularization=regularization)
         history.append({"round": r, "search": "local" if local else "global", "mean_score": float(scores.mean()),
                         "mean_change_deg": change, "mean_shift_change_px": moved,
                         "seconds": time.perf_counter() - t0})
