@@ -771,3 +771,46 @@ def test_cli_mom_cryoem_neural_truth(tmp_path, capsys):
                      "--out", str(tmp_path / "p"), "--quiet"]) == 1
     assert "--neural-truth needs --simulate" in capsys.readouterr().err
     assert read_mrc(out / "volume.mrc")[0].shape == (9, 9, 9)
+
+
+def _moments_worker(rank, world, port, path):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        imgs = torch.randn(77, 13, 13, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        a = ce.moments_from_images(imgs, 9, sigma2="corners", batch_size=10, verbose=False)
+        b = ce.moments_from_images(imgs, 9, sigma2=0.3, batch_size=16, limit=50, verbose=False)
+        torch.save({"M1": a.M1, "M2": a.M2, "count": a.count, "sigma2": a.sigma2,
+                    "M2b": b.M2, "countb": b.count}, f"{path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_moments_from_images_shared_by_two_processes_equal_one_process(tmp_path):
+    """Eight batches of 10 (the last 7) shared round-robin, and a limit that cuts a batch: every
+    process returns the moments of all the images."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_moments_worker, args=(2, port, str(tmp_path / "m")), nprocs=2, join=True)
+    imgs = torch.randn(77, 13, 13, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    a = ce.moments_from_images(imgs, 9, sigma2="corners", batch_size=10, verbose=False)
+    b = ce.moments_from_images(imgs, 9, sigma2=0.3, batch_size=16, limit=50, verbose=False)
+    for r in range(2):
+        g = torch.load(tmp_path / f"m.{r}", weights_only=True)
+        assert g["count"] == a.count == 77 and g["countb"] == b.count == 50
+        assert g["sigma2"] == pytest.approx(a.sigma2, rel=1e-12)
+        torch.testing.assert_close(g["M1"], a.M1, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(g["M2"], a.M2, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(g["M2b"], b.M2, rtol=1e-12, atol=1e-14)

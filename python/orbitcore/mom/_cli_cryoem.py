@@ -18,6 +18,8 @@ examples:
       --neural-truth-target 0.043 --model voxel --steps 800 --out runs/nt
   # real particles (CTF-free, centred), noise variance estimated from the image corners
   orbitcore mom-cryoem --particles particles.star --size 33 --sigma2 corners --out runs/real
+  # the same with the moments' pass shared by 8 processes (torchrun); rank 0 then fits
+  torchrun --nproc-per-node 8 -m orbitcore mom-cryoem --particles particles.star --size 33 --out runs/real
   # resume an interrupted run: the same command again (the checkpoint is in --out); a larger
   # --steps extends a run (L-BFGS always; Adam while its learning-rate drop is still ahead)
 
@@ -132,8 +134,19 @@ def run(args) -> int:
         s2 = args.sigma2
         if s2 not in (None, "corners", "high_frequency"):
             s2 = float(s2)
+        # under torchrun (WORLD_SIZE > 1) the processes share the moments' batches; rank 0 then fits
+        from .. import _distributed  # noqa: PLC0415
+
+        multi = _distributed.init_from_env()
         mom = ce.moments_from_images(args.particles, args.size, sigma2=s2, pixel_size=args.pixel_size,
-                                     batch_size=args.batch_size, limit=args.limit, verbose=verbose)
+                                     batch_size=args.batch_size, limit=args.limit, verbose=verbose, distributed=multi)
+        if multi:
+            import torch.distributed as dist  # noqa: PLC0415
+
+            rank = dist.get_rank()
+            dist.destroy_process_group()
+            if rank != 0:
+                return 0
         mom.save(mpath)
     cfg = ce.FitConfig(model=args.model, query=args.query, hidden=args.hidden, density=args.density,
                        n_directions=args.n_directions, n_inplane=args.n_inplane, exact_degree=args.exact_degree,

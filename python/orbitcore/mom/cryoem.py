@@ -284,7 +284,8 @@ def _image_batches(fn: str, source, batch_size: int):
 
 def moments_from_images(source, size: int | None = None, *, radius: float | None = None, sigma2=None,
                         noise_radius: float | None = None, pixel_size: float | None = None,
-                        batch_size: int = 1024, limit: int | None = None, verbose: bool = True) -> CryoEMMoments:
+                        batch_size: int = 1024, limit: int | None = None, verbose: bool = True,
+                        distributed: bool | None = None) -> CryoEMMoments:
     """Eq. 30 from images: Fourier-crop to the working size, accumulate M̂1, M̂2 in one pass.
 
     Args:
@@ -300,6 +301,12 @@ def moments_from_images(source, size: int | None = None, *, radius: float | None
         noise_radius: for the estimated modes, in working pixels.
         pixel_size: Å per original pixel (default: from the STAR/MRC header, else 1).
         batch_size, limit, verbose: images per batch, at most ``limit`` images, progress bar.
+        distributed: share the batches over a ``torch.distributed`` process group (``None``: when
+            one with more than one process is initialised, e.g. under ``torchrun``): process ``r``
+            accumulates batches ``r, r + world, ...`` and the partial sums are all-reduced
+            (:meth:`orbitcore.MomentAccumulator.all_reduce`), so every process returns the moments
+            of all the images. Every process reads the source in order (the batches it skips
+            too), so the kernels' work is split, not the reading.
 
     Returns:
         :class:`CryoEMMoments`.
@@ -307,6 +314,9 @@ def moments_from_images(source, size: int | None = None, *, radius: float | None
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     fn = "moments_from_images"
+    from .. import _distributed  # noqa: PLC0415
+
+    world, rank = _distributed.world(fn, distributed)
     batch_size = check_int(fn, "batch_size", batch_size, minimum=1)
     limit = None if limit is None else check_int(fn, "limit", limit, minimum=1)
     s2 = _sigma2_arg(fn, sigma2)
@@ -324,8 +334,8 @@ def moments_from_images(source, size: int | None = None, *, radius: float | None
         total = limit if total is None else min(total, limit)
     done = 0
     t0 = time.perf_counter()
-    with tqdm(total=total, unit="img", desc="moments", disable=not verbose) as bar:
-        for batch in batches:
+    with tqdm(total=total, unit="img", desc="moments", disable=not verbose or rank != 0) as bar:
+        for index, batch in enumerate(batches):
             x, _ = to_tensor(batch, fn, "batch")
             x = x[None] if x.dim() == 2 else x
             if x.dim() != 3 or tuple(x.shape[-2:]) != (n0, n0):
@@ -334,11 +344,14 @@ def moments_from_images(source, size: int | None = None, *, radius: float | None
                 x = x.to(torch.float32)
             if limit is not None and done + x.shape[0] > limit:
                 x = x[: limit - done]
-            acc.update(working_images(x, n))
+            if index % world == rank:  # this process's share of the batches
+                acc.update(working_images(x, n))
             done += x.shape[0]
             bar.update(x.shape[0])
             if limit is not None and done >= limit:
                 break
+    if world > 1:
+        acc.all_reduce()
     if acc.count == 0:
         fail(fn, "the source yielded no images")
     res = acc.result()
