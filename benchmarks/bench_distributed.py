@@ -3,6 +3,7 @@
 Amortized (``orbitcore.amortized.Trainer``, voxel decoder, the default model at n = 32, CTF,
 symmetric loss): training images/s of
   * one process, batch B (the baseline),
+  * one process with P times the threads (what the cores give without torch.distributed),
   * P gloo processes with B/P particles each (the same global batch of B: a P× faster step at
     perfect scaling, the same optimisation), and
   * P processes with B particles each (a P× larger global batch).
@@ -117,13 +118,18 @@ def main() -> None:
         star = str(pathlib.Path(d) / "p.star")
         kw = {"star": star, "warm": warm, "steps": steps, "threads": threads}
         one = _train_rate(batch=B, distributed=False, **kw)
+        wide = _train_rate(batch=B, distributed=False, **{**kw, "threads": threads * P})
+        torch.set_num_threads(threads)
         same = _spawn(P, ("train", {**kw, "batch": B // P}))
         larger = _spawn(P, ("train", {**kw, "batch": B}))
         a = res["amortized"]
         a["one_process"] = one
+        a["one_process_all_threads"] = {**wide, "threads": threads * P,
+                                        "speedup": wide["images_per_s"] / one["images_per_s"]}
         a["same_global_batch"] = {**same, "speedup": same["images_per_s"] / one["images_per_s"]}
         a["batch_per_process"] = {**larger, "speedup": larger["images_per_s"] / one["images_per_s"]}
-        print(f"amortized: 1 process {one['images_per_s']:.1f} img/s; {P} processes, global batch {B}: "
+        print(f"amortized: 1 process {one['images_per_s']:.1f} img/s ({threads * P} threads: {wide['images_per_s']:.1f}); "
+              f"{P} processes, global batch {B}: "
               f"{same['images_per_s']:.1f} img/s ({a['same_global_batch']['speedup']:.2f}x); {P} x {B}: "
               f"{larger['images_per_s']:.1f} img/s ({a['batch_per_process']['speedup']:.2f}x); collectives "
               f"{1e3 * same['collectives_s']:.1f} ms a step", flush=True)
