@@ -515,6 +515,7 @@ class Trainer:
             "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "world_size": self.world,
             "rng_torch": torch.get_rng_state(),
             "data": {"particles": str(st.table.path) if st.table.path is not None else None,
                      "n_particles": len(st), "box": st.n, "size": st.size, "mean": float(st.mean),
@@ -549,6 +550,15 @@ class Trainer:
                      f"({d['particles']}), this stack has {len(self.stack)} of size {self.stack.size}")
         if state["model_config"] != self.model.config.to_dict():
             fail(fn, "the checkpoint's model configuration differs from this trainer's model")
+        was = int(state.get("world_size", 1))
+        if was != self.world:
+            import warnings  # noqa: PLC0415
+
+            from .._validate import OrbitcoreWarning  # noqa: PLC0415
+
+            warnings.warn(f"{fn}: the checkpoint was written by a run of {was} process(es), this one has "
+                          f"{self.world}: it continues with other batches (an exact continuation needs the same "
+                          "number of processes)", OrbitcoreWarning, stacklevel=2)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
