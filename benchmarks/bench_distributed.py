@@ -128,7 +128,8 @@ def main() -> None:
                                         "speedup": wide["images_per_s"] / one["images_per_s"]}
         a["same_global_batch"] = {**same, "speedup": same["images_per_s"] / one["images_per_s"]}
         a["batch_per_process"] = {**larger, "speedup": larger["images_per_s"] / one["images_per_s"]}
-        print(f"amortized: 1 process {one['images_per_s']:.1f} img/s ({threads * P} threads: {wide['images_per_s']:.1f}); "
+        print(f"amortized: 1 process {one['images_per_s']:.1f} img/s "
+              f"({threads * P} threads: {wide['images_per_s']:.1f}); "
               f"{P} processes, global batch {B}: "
               f"{same['images_per_s']:.1f} img/s ({a['same_global_batch']['speedup']:.2f}x); {P} x {B}: "
               f"{larger['images_per_s']:.1f} img/s ({a['batch_per_process']['speedup']:.2f}x); collectives "

@@ -123,7 +123,7 @@ def run_train(args) -> int:
     device = _distributed.local_device(args.device)
     multi = _distributed.init_from_env(device)
     world, rank = _distributed.world("amortized train", multi)
-    say = (lambda *a, **k: print(*a, **k)) if rank == 0 else (lambda *a, **k: None)
+    say = print if rank == 0 else (lambda *a, **k: None)
     if args.resume:
         if not ckpt.is_file():
             raise ValueError(f"--resume: {ckpt} does not exist (nothing to continue)")
@@ -226,7 +226,8 @@ def run_refine(args) -> int:
         return {"rot_median_angle_deg": pe.rotation_median_angle,
                 "rot_median_sq_frobenius": pe.rotation_median_sq_frobenius}
 
-    res = refine_poses(ev.volume.float().to(device or "cpu"), images, ctf=ctf, shifts=(ev.shifts / scale).float(), rounds=args.rounds,
+    start = ev.volume.float().to(device or "cpu")  # the searches and reconstructions run where the map is
+    res = refine_poses(start, images, ctf=ctf, shifts=(ev.shifts / scale).float(), rounds=args.rounds,
                        step=args.step, local_step=args.local_step, regularization=args.regularization,
                        global_rounds=args.global_rounds, shift_search=args.shift_search, callback=report,
                        checkpoint=progress, verbose=not quiet, distributed=multi)
@@ -272,7 +273,8 @@ def _checkpoint_arguments(p) -> None:
     p.add_argument("--data-dir", default=None, help="where the image stacks are")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--device", default=None,
-                   help="where the model (and refine's searches and reconstructions) run: cpu (default), cuda, cuda:1, ...")
+                   help="where the model (and refine's searches and reconstructions) run: cpu (default), cuda, "
+                        "cuda:1, ...")
 
 
 def register(sub) -> None:
