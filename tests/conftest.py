@@ -62,3 +62,44 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared test data not found at {SHARED_DATA} (set ORBITCORE_SHARED_DATA)")
     return SHARED_DATA
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.distributed tests: two gloo processes on this machine (`@pytest.mark.distributed`)
+# ---------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gloo_entry(rank, world, port, fn, args, init):
+    """A spawned process: the rendezvous address; with ``init`` the gloo group is joined (and left)
+    here, without it the environment is what ``torchrun`` sets and ``fn`` joins it itself (the CLI)."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if not init:
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    if init:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(rank, world, *args)
+    finally:
+        if init and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.fixture
+def spawn_gloo():
+    """``spawn_gloo(fn, *args, world=2, init=True)`` runs ``fn(rank, world, *args)`` in ``world``
+    processes (``fn`` must be a module-level function) and raises if any of them fails."""
+    import torch.multiprocessing as mp
+
+    def run(fn, *args, world: int = 2, init: bool = True):
+        mp.spawn(_gloo_entry, args=(world, _free_port(), fn, args, init), nprocs=world, join=True)
+
+    return run

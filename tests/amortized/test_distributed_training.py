@@ -7,12 +7,8 @@ statistics at the start of the step, as DistributedDataParallel broadcasts them)
 gradients averaged, then clipping and Adam; rank 0's running statistics are those after its own
 shard. Two processes must end where this reference ends, hold identical models, and continue
 identically from a checkpoint."""
-import os
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import orbitcore as oc
 from orbitcore.amortized import Trainer
@@ -31,43 +27,30 @@ def stack_file(tmp_path_factory):
     return d / "p.star"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, world, port, star, out):
+def _worker(rank, world, star, out):
     import torch.distributed as dist
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        a = Trainer(star, MODEL, CFG, verbose=False)  # distributed=None: the initialised group is used
-        assert (a.world, a.rank) == (world, rank)
-        a.fit(SPLIT)
-        if rank == 0:
-            a.save_checkpoint(f"{out}/split.pt")
-        dist.barrier()
-        a.fit(TOTAL)
-        b = Trainer.resume(f"{out}/split.pt", out_dir=None, verbose=False, distributed=True)
-        b.fit(TOTAL)
-        if rank == 0:  # a one-process run continuing the two-process checkpoint is told it is not exact
-            import warnings
+    a = Trainer(star, MODEL, CFG, verbose=False)  # distributed=None: the initialised group is used
+    assert (a.world, a.rank) == (world, rank)
+    a.fit(SPLIT)
+    if rank == 0:
+        a.save_checkpoint(f"{out}/split.pt")
+    dist.barrier()
+    a.fit(TOTAL)
+    b = Trainer.resume(f"{out}/split.pt", out_dir=None, verbose=False, distributed=True)
+    b.fit(TOTAL)
+    if rank == 0:  # a one-process run continuing the two-process checkpoint is told it is not exact
+        import warnings
 
-            with warnings.catch_warnings(record=True) as w:
-                warnings.simplefilter("always")
-                Trainer.resume(f"{out}/split.pt", out_dir=None, verbose=False, distributed=False)
-            assert any("written by a run of 2 process(es), this one has 1" in str(x.message) for x in w)
-        torch.save({"a": {k: v.clone() for k, v in a.model.state_dict().items()},
-                    "b": {k: v.clone() for k, v in b.model.state_dict().items()},
-                    "history": [h["loss"] for h in a.history], "grad_norm": [h["grad_norm"] for h in a.history],
-                    "epoch": a.epoch,
-                    "batch_in_epoch": a.batch_in_epoch}, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            Trainer.resume(f"{out}/split.pt", out_dir=None, verbose=False, distributed=False)
+        assert any("written by a run of 2 process(es), this one has 1" in str(x.message) for x in w)
+    torch.save({"a": {k: v.clone() for k, v in a.model.state_dict().items()},
+                "b": {k: v.clone() for k, v in b.model.state_dict().items()},
+                "history": [h["loss"] for h in a.history], "grad_norm": [h["grad_norm"] for h in a.history],
+                "epoch": a.epoch,
+                "batch_in_epoch": a.batch_in_epoch}, f"{out}/rank{rank}.pt")
 
 
 def _reference(star) -> tuple[dict, list]:
@@ -104,8 +87,8 @@ def _reference(star) -> tuple[dict, list]:
 
 
 @pytest.mark.distributed
-def test_two_process_training_matches_the_averaged_gradient_reference_and_resumes(stack_file, tmp_path):
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(stack_file), str(tmp_path)), nprocs=WORLD, join=True)
+def test_two_process_training_matches_the_averaged_gradient_reference_and_resumes(stack_file, tmp_path, spawn_gloo):
+    spawn_gloo(_worker, str(stack_file), str(tmp_path), world=WORLD)
     got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     ref, ref_losses, ref_norms = _reference(stack_file)
     for k in ref:
@@ -186,24 +169,20 @@ def test_training_on_the_gpu_matches_the_cpu(stack_file):
     assert res.rotations.device.type == "cpu" and res.volume.device.type == "cpu"
 
 
-def _cli_worker(rank, world, port, star, out):
+def _cli_worker(rank, world, star, out):
     from orbitcore.cli import main
 
-    # what torchrun puts in each process's environment
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
     rc = main(["amortized", "train", "--particles", star, "--out", out, "--steps", "3", "--channels", "4", "8",
                "--batch-size", "8", "--workers", "0", "--quiet"])
     assert rc == 0
 
 
 @pytest.mark.distributed
-def test_cli_under_torchrun_environment_trains_data_parallel_and_rank0_writes(stack_file, tmp_path):
+def test_cli_under_torchrun_environment_trains_data_parallel_and_rank0_writes(stack_file, tmp_path, spawn_gloo):
     import json
 
     out = tmp_path / "run"
-    mp.spawn(_cli_worker, args=(WORLD, _free_port(), str(stack_file), str(out)), nprocs=WORLD, join=True)
+    spawn_gloo(_cli_worker, str(stack_file), str(out), world=WORLD, init=False)  # the CLI joins the group
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "evaluation.json", "history.json",
                                                       "poses.star", "volume.mrc"]
     ck = oc.amortized.load_checkpoint(out / "checkpoint.pt")

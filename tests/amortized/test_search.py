@@ -319,23 +319,15 @@ def test_refine_checkpoint_mismatches_and_bad_files_are_named(data, tmp_path):
     assert torch.load(ck, weights_only=True)["round"] == 2
 
 
-def _refine_worker(rank, world, port, path):
-    import os
+def _refine_worker(rank, world, path):
+    from orbitcore import _distributed
 
-    import torch.distributed as dist
-
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        vol, R, t, ctf, imgs = _refine_data()
-        res = refine_poses(_blurred_start(vol), imgs, rounds=2, global_rounds=1, checkpoint=f"{path}.state.pt",
-                           **_REFINE_KW, ctf=ctf, shifts=t + 0.3)
-        torch.save({"R": res.rotations, "vol": res.volume, "t": res.shifts,
-                    "score": [h["mean_score"] for h in res.history]}, f"{path}.{rank}")
-    finally:
-        dist.destroy_process_group()
+    assert _distributed.world("test", None) == (world, rank)  # the calls below (distributed=None) split
+    vol, R, t, ctf, imgs = _refine_data()
+    res = refine_poses(_blurred_start(vol), imgs, rounds=2, global_rounds=1, checkpoint=f"{path}.state.pt",
+                       **_REFINE_KW, ctf=ctf, shifts=t + 0.3)
+    torch.save({"R": res.rotations, "vol": res.volume, "t": res.shifts,
+                "score": [h["mean_score"] for h in res.history]}, f"{path}.{rank}")
 
 
 _REFINE_KW = dict(step=30.0, refine=1, regularization=0.01, shift_search=1.0)
@@ -351,17 +343,10 @@ def _refine_data():
 
 
 @pytest.mark.distributed
-def test_refine_split_over_two_processes_equals_one_process(tmp_path):
+def test_refine_split_over_two_processes_equals_one_process(tmp_path, spawn_gloo):
     """Every process searches every second image; the gathered answers and the map are one
     process's (a local round after a global one, with shift search; 13 images: unequal shares)."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_refine_worker, args=(2, port, str(tmp_path / "res")), nprocs=2, join=True)
+    spawn_gloo(_refine_worker, str(tmp_path / "res"))
     vol, R, t, ctf, imgs = _refine_data()
     one = refine_poses(_blurred_start(vol), imgs, rounds=2, global_rounds=1, **_REFINE_KW, ctf=ctf, shifts=t + 0.3)
     got = [torch.load(tmp_path / f"res.{r}", weights_only=True) for r in range(2)]

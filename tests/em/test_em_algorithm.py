@@ -352,40 +352,25 @@ def _em_problem():
     return x, m.sigma, kw
 
 
-def _em_worker(rank, world, port, path):
-    import os
+def _em_worker(rank, world, path):
+    from orbitcore import _distributed
 
-    import torch.distributed as dist
-
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        x, sigma, kw = _em_problem()
-        vol, st, _ = em.reconstruct(x, sigma, **kw)  # distributed=None: the initialised group is used
-        # the statistics of two halves, summed over the processes, against those of the whole
-        op = em.EMOperator(L, 2, em.rotation_grid(12))
-        theta = op.random_theta(torch.Generator().manual_seed(1))
-        part = em.e_step(op, x[rank::world], theta, em.uniform_log_prior(L), sigma, dtype=torch.float64)
-        part.all_reduce()
-        torch.save({"vol": vol, "Q": [h["Q"] for h in st.history], "patches": [h["patches"] for h in st.history],
-                    "n": part.n, "energy": part.energy, "empty": part.empty, "ll": part.log_likelihood,
-                    "sw": part.shift_weights, "bp": part.backprojection}, f"{path}.{rank}")
-    finally:
-        dist.destroy_process_group()
+    assert _distributed.world("test", None) == (world, rank)  # the calls below (distributed=None) split
+    x, sigma, kw = _em_problem()
+    vol, st, _ = em.reconstruct(x, sigma, **kw)  # distributed=None: the initialised group is used
+    # the statistics of two halves, summed over the processes, against those of the whole
+    op = em.EMOperator(L, 2, em.rotation_grid(12))
+    theta = op.random_theta(torch.Generator().manual_seed(1))
+    part = em.e_step(op, x[rank::world], theta, em.uniform_log_prior(L), sigma, dtype=torch.float64)
+    part.all_reduce()
+    torch.save({"vol": vol, "Q": [h["Q"] for h in st.history], "patches": [h["patches"] for h in st.history],
+                "n": part.n, "energy": part.energy, "empty": part.empty, "ll": part.log_likelihood,
+                "sw": part.shift_weights, "bp": part.backprojection}, f"{path}.{rank}")
 
 
 @pytest.mark.distributed
-def test_reconstruct_split_over_two_processes_equals_one_process(tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_em_worker, args=(2, port, str(tmp_path / "res")), nprocs=2, join=True)
+def test_reconstruct_split_over_two_processes_equals_one_process(tmp_path, spawn_gloo):
+    spawn_gloo(_em_worker, str(tmp_path / "res"))
     x, sigma, kw = _em_problem()
     vol, st, _ = em.reconstruct(x, sigma, **kw)
     op = em.EMOperator(L, 2, em.rotation_grid(12))
@@ -415,23 +400,14 @@ def test_distributed_em_arguments_are_checked():
         st.all_reduce()
 
 
-def _em_cli_worker(rank, world, port, args):
-    import os
-
+def _em_cli_worker(rank, world, args):
     from orbitcore.cli import main
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))  # what torchrun sets
-    torch.set_num_threads(1)
     assert main(args) == 0
 
 
 @pytest.mark.distributed
-def test_cli_reconstruct_under_torchrun_environment_matches_one_process(tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
+def test_cli_reconstruct_under_torchrun_environment_matches_one_process(tmp_path, spawn_gloo):
     from orbitcore.cli import main
     from orbitcore.io import read_mrc
 
@@ -441,11 +417,7 @@ def test_cli_reconstruct_under_torchrun_environment_matches_one_process(tmp_path
     common = ["em", "reconstruct", "--micrographs", str(sim / "micrograph_000.mrc"), "--L", "7", "--ell-max", "1,2",
               "--K", "12", "--iterations", "2,1", "--S", "0.5", "--float64", "--sigma-from", str(sim / "truth.json")]
     assert main(common + ["--out", str(tmp_path / "one" / "vol.mrc")]) == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_em_cli_worker, args=(2, port, common + ["--out", str(tmp_path / "two" / "vol.mrc")]), nprocs=2,
-             join=True)
+    spawn_gloo(_em_cli_worker, common + ["--out", str(tmp_path / "two" / "vol.mrc")], init=False)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["vol.ckpt", "vol.json", "vol.mrc"]
     a, _ = read_mrc(tmp_path / "one" / "vol.mrc")
     b, _ = read_mrc(tmp_path / "two" / "vol.mrc")

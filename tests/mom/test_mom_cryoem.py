@@ -773,37 +773,22 @@ def test_cli_mom_cryoem_neural_truth(tmp_path, capsys):
     assert read_mrc(out / "volume.mrc")[0].shape == (9, 9, 9)
 
 
-def _moments_worker(rank, world, port, path):
-    import os
+def _moments_worker(rank, world, path):
+    from orbitcore import _distributed
 
-    import torch.distributed as dist
-
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        imgs = torch.randn(77, 13, 13, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-        a = ce.moments_from_images(imgs, 9, sigma2="corners", batch_size=10, verbose=False)
-        b = ce.moments_from_images(imgs, 9, sigma2=0.3, batch_size=16, limit=50, verbose=False)
-        torch.save({"M1": a.M1, "M2": a.M2, "count": a.count, "sigma2": a.sigma2,
-                    "M2b": b.M2, "countb": b.count}, f"{path}.{rank}")
-    finally:
-        dist.destroy_process_group()
+    assert _distributed.world("test", None) == (world, rank)  # the calls below (distributed=None) split
+    imgs = torch.randn(77, 13, 13, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    a = ce.moments_from_images(imgs, 9, sigma2="corners", batch_size=10, verbose=False)
+    b = ce.moments_from_images(imgs, 9, sigma2=0.3, batch_size=16, limit=50, verbose=False)
+    torch.save({"M1": a.M1, "M2": a.M2, "count": a.count, "sigma2": a.sigma2,
+                "M2b": b.M2, "countb": b.count}, f"{path}.{rank}")
 
 
 @pytest.mark.distributed
-def test_moments_from_images_shared_by_two_processes_equal_one_process(tmp_path):
+def test_moments_from_images_shared_by_two_processes_equal_one_process(tmp_path, spawn_gloo):
     """Eight batches of 10 (the last 7) shared round-robin, and a limit that cuts a batch: every
     process returns the moments of all the images."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_moments_worker, args=(2, port, str(tmp_path / "m")), nprocs=2, join=True)
+    spawn_gloo(_moments_worker, str(tmp_path / "m"))
     imgs = torch.randn(77, 13, 13, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     a = ce.moments_from_images(imgs, 9, sigma2="corners", batch_size=10, verbose=False)
     b = ce.moments_from_images(imgs, 9, sigma2=0.3, batch_size=16, limit=50, verbose=False)

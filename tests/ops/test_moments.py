@@ -2,7 +2,6 @@
 streaming, merge and all-reduce, noise debiasing (eq. 15), and model_moments / moment_loss
 against the dense reference, autograd, opcheck and bad inputs."""
 import math
-import os
 
 import numpy as np
 import pytest
@@ -212,34 +211,18 @@ def test_merge_is_the_single_accumulator_result(gen):
     torch.testing.assert_close(c.result().M2, r1.M2, rtol=0, atol=0)
 
 
-def _all_reduce_worker(rank, world, port, path, x):
-    import torch.distributed as dist
-
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        acc = oc.MomentAccumulator(x.shape[-1], radius=4, sigma2="corners", noise_radius=3.5)
-        acc.update(x[rank::world])  # each process its own shard
-        acc.all_reduce()
-        r = acc.result()
-        torch.save({"M1": r.M1, "M2": r.M2, "count": r.count, "sigma2": r.sigma2}, f"{path}.{rank}")
-    finally:
-        dist.destroy_process_group()
+def _all_reduce_worker(rank, world, path, x):
+    acc = oc.MomentAccumulator(x.shape[-1], radius=4, sigma2="corners", noise_radius=3.5)
+    acc.update(x[rank::world])  # each process its own shard
+    acc.all_reduce()
+    r = acc.result()
+    torch.save({"M1": r.M1, "M2": r.M2, "count": r.count, "sigma2": r.sigma2}, f"{path}.{rank}")
 
 
 @pytest.mark.distributed
-def test_all_reduce_gloo_two_processes_equals_single_process(gen, tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
+def test_all_reduce_gloo_two_processes_equals_single_process(gen, tmp_path, spawn_gloo):
     x = torch.randn(150, 9, 9, generator=gen, dtype=torch.float64)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_all_reduce_worker, args=(2, port, str(tmp_path / "res"), x), nprocs=2, join=True)
+    spawn_gloo(_all_reduce_worker, str(tmp_path / "res"), x)
     single = oc.MomentAccumulator(9, radius=4, sigma2="corners", noise_radius=3.5).update(x).result()
     for rank in range(2):
         got = torch.load(tmp_path / f"res.{rank}")
