@@ -103,3 +103,17 @@ def spawn_gloo():
         mp.spawn(_gloo_entry, args=(world, _free_port(), fn, args, init), nprocs=world, join=True)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def small_stack(tmp_path_factory):
+    """``small_stack(n_images, shift_std=2.0, seed=2)``: a STAR file of CTF-modulated, shifted,
+    lightly noisy (SNR 10) 16² projections of a small pseudo-molecule (3 Å pixels)."""
+    def make(n_images: int, shift_std: float = 2.0, seed: int = 2):
+        d = tmp_path_factory.mktemp("stack")
+        vol = orbitcore.physics.pseudo_molecule(16, n_atoms=40, seed=4)
+        orbitcore.physics.simulate_particles(vol, n_images, pixel_size=3.0, snr=10.0, shift_std=shift_std,
+                                             out=d / "p.star", seed=seed)
+        return d / "p.star"
+
+    return make

@@ -44,11 +44,8 @@ def test_train_config_curriculum_validation(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("curr")
-    vol = oc.physics.pseudo_molecule(16, n_atoms=40, seed=4)
-    oc.physics.simulate_particles(vol, 40, pixel_size=3.0, snr=10.0, shift_std=2.0, out=d / "p.star", seed=3)
-    return d / "p.star"
+def tiny(small_stack):
+    return small_stack(40, seed=3)
 
 
 SMALL = {"channels": (4, 8), "hidden": (16,), "filters": 2}

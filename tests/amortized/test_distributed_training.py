@@ -20,11 +20,8 @@ WORLD, SPLIT, TOTAL = 2, 2, 5  # 48 particles: 3 global batches of 2 x 8 per epo
 
 
 @pytest.fixture(scope="module")
-def stack_file(tmp_path_factory):
-    d = tmp_path_factory.mktemp("dp")
-    vol = oc.physics.pseudo_molecule(16, n_atoms=40, seed=4)
-    oc.physics.simulate_particles(vol, 48, pixel_size=3.0, snr=10.0, shift_std=2.0, out=d / "p.star", seed=2)
-    return d / "p.star"
+def stack_file(small_stack):
+    return small_stack(48)
 
 
 def _worker(rank, world, star, out):
