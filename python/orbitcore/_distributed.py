@@ -30,6 +30,13 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def require_group(fn: str) -> None:
+    """Raise (naming ``fn``) unless a process group is initialised."""
+    if not is_initialized():
+        fail(fn, "torch.distributed is not initialised (call torch.distributed.init_process_group "
+                 "first)", RuntimeError)
+
+
 def world(fn: str, distributed) -> tuple[int, int]:
     """``(world_size, rank)`` for ``distributed``: ``None`` = data-parallel when a process group
     with more than one process is initialised; ``True`` = it must be; ``False`` = ``(1, 0)``."""
@@ -80,9 +87,9 @@ def _flat(tensors: list[torch.Tensor], collective) -> None:
             i += t.numel()
 
 
-def all_reduce_sum_(tensors: list[torch.Tensor]) -> None:
+def all_reduce_sum_(tensors: list[torch.Tensor], group=None) -> None:
     """Sum ``tensors`` over the process group, in place (one collective per dtype)."""
-    _flat(tensors, _dist().all_reduce)
+    _flat(tensors, lambda flat: _dist().all_reduce(flat, group=group))
 
 
 def broadcast_(tensors: list[torch.Tensor], src: int = 0) -> None:

@@ -338,6 +338,12 @@ class Trainer:
         ], fused=self.model.mask.device.type in ("cpu", "cuda"))
         self._base_lrs = [self.config.lr, dec_lr]
         self.sampler = _EpochBatches(len(stack), self.config.batch_size, self.config.seed, self.world, self.rank)
+        # what training changes among the buffers (the rest are constants, the same everywhere)
+        from ..nn.encoders import BatchWhitening  # noqa: PLC0415
+
+        norms = (torch.nn.modules.batchnorm._BatchNorm, BatchWhitening)
+        self._running_statistics = [b for m in self.model.modules() if isinstance(m, norms)
+                                    for b in m.buffers(recurse=False)]
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -383,7 +389,7 @@ class Trainer:
         if self.world > 1:  # rank 0's running statistics, as DistributedDataParallel broadcasts them
             from .._distributed import broadcast_  # noqa: PLC0415
 
-            broadcast_(list(model.buffers()))
+            broadcast_(self._running_statistics)
         model.train()
         radius = self.radius_at()
         out = model(images, ctf, shifts, radius=radius)
@@ -494,7 +500,7 @@ class Trainer:
         if self.world > 1:  # every process ends with rank 0's model (its running statistics too)
             from .._distributed import broadcast_  # noqa: PLC0415
 
-            broadcast_(list(self.model.buffers()))
+            broadcast_(self._running_statistics)
         if self._writes and self.step > 0:
             self.save_checkpoint()
         return self.history

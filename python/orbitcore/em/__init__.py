@@ -388,20 +388,14 @@ class Statistics:
         collective: every process calls it, each with the E-step of its own patches). The sums
         (``n``, ``energy``, ``shift_weights``, ``empty``, ``backprojection``, ``log_likelihood``)
         become those of all the patches; the per-patch fields stay this process's."""
-        import torch.distributed as dist  # noqa: PLC0415
+        from .._distributed import all_reduce_sum_, require_group  # noqa: PLC0415
 
-        fn = "Statistics.all_reduce"
-        if not (dist.is_available() and dist.is_initialized()):
-            fail(fn, "torch.distributed is not initialised (call torch.distributed.init_process_group "
-                     "first)", RuntimeError)
+        require_group("Statistics.all_reduce")
         scalars = torch.tensor([self.n, self.energy, self.empty, self.log_likelihood], dtype=torch.float64,
                                device=self.shift_weights.device)
-        flat = torch.cat([scalars, self.shift_weights.reshape(-1).double(), self.backprojection.reshape(-1).double()])
-        dist.all_reduce(flat, group=group)
-        self.n, self.energy, self.empty, self.log_likelihood = flat[:4].tolist()
-        k = 4 + self.shift_weights.numel()
-        self.shift_weights = flat[4:k].view_as(self.shift_weights).to(self.shift_weights.dtype)
-        self.backprojection = flat[k:].view_as(self.backprojection).to(self.backprojection.dtype)
+        self.shift_weights, self.backprojection = self.shift_weights.clone(), self.backprojection.clone()
+        all_reduce_sum_([scalars, self.shift_weights, self.backprojection], group=group)
+        self.n, self.energy, self.empty, self.log_likelihood = scalars.tolist()
         return self
 
 

@@ -35,7 +35,7 @@ import numbers
 import os
 import pathlib
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -45,7 +45,6 @@ from .. import _ext
 from .._validate import (
     check_float,
     check_int,
-    check_kernel_device,
     checking,
     fail,
     from_tensor,
@@ -356,14 +355,10 @@ class MomentAccumulator:
         Every process must call it (a collective); afterwards each holds the moments of all
         the data. Needs an initialised process group whose backend supports the accumulator's
         device (gloo for CPU, nccl for CUDA)."""
-        import torch.distributed as dist  # noqa: PLC0415
+        from .._distributed import all_reduce_sum_, require_group  # noqa: PLC0415
 
-        fn = "MomentAccumulator.all_reduce"
-        if not (dist.is_available() and dist.is_initialized()):
-            fail(fn, "torch.distributed is not initialised (call torch.distributed.init_process_group "
-                     "first)", RuntimeError)
-        for t in (self._gram, self._sums, self._stats):
-            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+        require_group("MomentAccumulator.all_reduce")
+        all_reduce_sum_([self._gram, self._sums, self._stats], group=group)
         return self
 
     def state_dict(self) -> dict:
