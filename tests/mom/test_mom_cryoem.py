@@ -799,3 +799,54 @@ def test_moments_from_images_shared_by_two_processes_equal_one_process(tmp_path,
         torch.testing.assert_close(g["M1"], a.M1, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(g["M2"], a.M2, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(g["M2b"], b.M2, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["star", "mrcs", "array", "iterable"])
+@pytest.mark.parametrize("limit", [None, 25])
+def test_moments_process_reads_only_its_own_batches(tmp_path, monkeypatch, kind, limit):
+    """Data-parallel moments' pass as process 1 of 2 (the world and the all-reduce stubbed, so
+    this process's partial moments are returned): it accumulates batches 1, 3, ... and, from a
+    file, reads only those; an iterable is read whole (a stream can only be counted by reading)."""
+    from orbitcore import _distributed
+    from orbitcore.io import ParticleStack, write_mrc
+    from orbitcore.ops import moments as ops_moments
+
+    imgs = torch.randn(37, 11, 11, generator=torch.Generator().manual_seed(2), dtype=torch.float32)
+    write_mrc(tmp_path / "x.mrcs", imgs.numpy(), 1.0)
+    (tmp_path / "x.star").write_text("data_particles\n\nloop_\n_rlnImageName #1\n"
+                                     + "".join(f"{i + 1:06d}@x.mrcs\n" for i in range(37)))
+    read = []  # rows read from the file
+    if kind == "star":
+        orig_images = ParticleStack.images
+        monkeypatch.setattr(ParticleStack, "images", lambda self, rows: (read.extend(np.asarray(rows).tolist()),
+                                                                         orig_images(self, rows))[1])
+    if kind == "mrcs":
+        orig_loaders = ops_moments._mrc_batch_loaders
+
+        def loaders(path, batch_size):
+            total, gen = orig_loaders(path, batch_size)
+            return total, ((c, lambda i=i, c=c, load=load: (read.extend(range(i * batch_size, i * batch_size + c)),
+                                                           load())[1]) for i, (c, load) in enumerate(gen))
+
+        monkeypatch.setattr(ops_moments, "_mrc_batch_loaders", loaders)
+    if kind == "iterable":
+        def batches():
+            for s in range(0, 37, 10):
+                read.extend(range(s, min(s + 10, 37)))
+                yield imgs[s:s + 10]
+    source = {"star": tmp_path / "x.star", "mrcs": tmp_path / "x.mrcs", "array": imgs,
+              "iterable": batches() if kind == "iterable" else None}[kind]
+    monkeypatch.setattr(_distributed, "world", lambda fn, distributed: (2, 1))
+    monkeypatch.setattr(oc.MomentAccumulator, "all_reduce", lambda self, *a, **k: None)
+    got = ce.moments_from_images(source, 9, batch_size=10, limit=limit, verbose=False)
+
+    mine = list(range(10, 20)) + ([] if limit else list(range(30, 37)))  # batches 1 and 3 (a limit of 25 cuts batch 2)
+    monkeypatch.undo()
+    want = ce.moments_from_images(imgs[mine], 9, batch_size=10, verbose=False)
+    assert got.count == want.count == len(mine)
+    torch.testing.assert_close(got.M1, want.M1, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(got.M2, want.M2, rtol=1e-6, atol=1e-9)
+    if kind in ("star", "mrcs"):
+        assert sorted(read) == mine
+    elif kind == "iterable":  # every batch up to the limit is read
+        assert read == list(range(30 if limit else 37))

@@ -230,7 +230,10 @@ def _sigma2_arg(fn: str, sigma2):
 
 
 def _image_batches(fn: str, source, batch_size: int):
-    """(total, n0, pixel_size or None, iterator of float batches (B, n0, n0), description)."""
+    """``(total, n0, pixel_size or None, batches, description)``; ``batches`` yields
+    ``(count, load)`` pairs, ``load()`` returning the batch ``(count, n0, n0)``. Files and arrays
+    are read only when ``load`` is called, so a process of a data-parallel pass reads only its
+    own batches; an iterable's batches are read as they come (``count`` None: known once read)."""
     from ..ops import moments as _m  # noqa: PLC0415
 
     if isinstance(source, (str, os.PathLike)):
@@ -249,13 +252,16 @@ def _image_batches(fn: str, source, batch_size: int):
             n0 = int(stack.n)
             pxs = stack.pixel_size  # (N,) Å per pixel, or None when the STAR file has none
             px = float(pxs[0]) if pxs is not None and len(pxs) and math.isfinite(float(pxs[0])) else None
-            return len(stack), n0, px, (b for _, b in stack.batches(batch_size)), str(path)
+            N = len(stack)
+            loads = ((min(batch_size, N - s), lambda s=s: stack.images(np.arange(s, min(s + batch_size, N))))
+                     for s in range(0, N, batch_size))
+            return len(stack), n0, px, loads, str(path)
         if suffix in (".mrcs", ".mrc", ".st", ".map"):
             from ..io import mrc_info  # noqa: PLC0415
 
             info = mrc_info(path, fn=fn)
-            total, gen = _m._mrc_batches(path, batch_size)
-            return total, int(info.shape[-1]), info.voxel_size, gen, str(path)
+            total, loads = _m._mrc_batch_loaders(path, batch_size)
+            return total, int(info.shape[-1]), info.voxel_size, loads, str(path)
         fail(fn, f"{path}: expected an .mrcs/.mrc stack or a .star file, got suffix {suffix!r}")
     if isinstance(source, (torch.Tensor, np.ndarray)) or hasattr(source, "__dlpack__"):
         t, _ = to_tensor(source, fn, "source")
@@ -263,7 +269,8 @@ def _image_batches(fn: str, source, batch_size: int):
             t = t[None]
         if t.dim() != 3 or t.shape[-1] != t.shape[-2]:
             fail(fn, f"source images must have shape (N, n0, n0), got {tuple(t.shape)}")
-        return t.shape[0], t.shape[-1], None, (t[s:s + batch_size] for s in range(0, t.shape[0], batch_size)), "array"
+        loads = ((min(batch_size, t.shape[0] - s), lambda s=s: t[s:s + batch_size]) for s in range(0, t.shape[0], batch_size))
+        return t.shape[0], t.shape[-1], None, loads, "array"
     if isinstance(source, Iterable):
         it = iter(source)
         try:
@@ -274,8 +281,9 @@ def _image_batches(fn: str, source, batch_size: int):
         f = f[None] if f.dim() == 2 else f
 
         def chain():
-            yield f
-            yield from it
+            yield None, lambda: f
+            for b in it:
+                yield None, lambda b=b: b
 
         return None, f.shape[-1], None, chain(), "iterable"
     fail(fn, f"source must be a .star/.mrcs path, an (N, n0, n0) array or an iterable of batches, got "
@@ -305,8 +313,8 @@ def moments_from_images(source, size: int | None = None, *, radius: float | None
             one with more than one process is initialised, e.g. under ``torchrun``): process ``r``
             accumulates batches ``r, r + world, ...`` and the partial sums are all-reduced
             (:meth:`orbitcore.MomentAccumulator.all_reduce`), so every process returns the moments
-            of all the images. Every process reads the source in order (the batches it skips
-            too), so the kernels' work is split, not the reading.
+            of all the images. A process reads only its own batches of a file or an array (an
+            iterable's batches are all read, in order, by every process).
 
     Returns:
         :class:`CryoEMMoments`.
@@ -335,19 +343,21 @@ def moments_from_images(source, size: int | None = None, *, radius: float | None
     done = 0
     t0 = time.perf_counter()
     with tqdm(total=total, unit="img", desc="moments", disable=not verbose or rank != 0) as bar:
-        for index, batch in enumerate(batches):
-            x, _ = to_tensor(batch, fn, "batch")
-            x = x[None] if x.dim() == 2 else x
-            if x.dim() != 3 or tuple(x.shape[-2:]) != (n0, n0):
-                fail(fn, f"every batch must have shape (B, {n0}, {n0}), got {tuple(x.shape)}")
-            if not x.is_floating_point():
-                x = x.to(torch.float32)
-            if limit is not None and done + x.shape[0] > limit:
-                x = x[: limit - done]
-            if index % world == rank:  # this process's share of the batches
-                acc.update(working_images(x, n))
-            done += x.shape[0]
-            bar.update(x.shape[0])
+        for index, (count, load) in enumerate(batches):
+            mine = index % world == rank  # this process's share of the batches
+            if mine or count is None:     # (an iterable's batch is read to be counted)
+                x, _ = to_tensor(load(), fn, "batch")
+                x = x[None] if x.dim() == 2 else x
+                if x.dim() != 3 or tuple(x.shape[-2:]) != (n0, n0):
+                    fail(fn, f"every batch must have shape (B, {n0}, {n0}), got {tuple(x.shape)}")
+                count = x.shape[0]
+            if limit is not None:
+                count = min(count, limit - done)
+            if mine:
+                x = x[:count]
+                acc.update(working_images(x if x.is_floating_point() else x.to(torch.float32), n))
+            done += count
+            bar.update(count)
             if limit is not None and done >= limit:
                 break
     if world > 1:

@@ -502,7 +502,10 @@ def _star_batches(path: pathlib.Path, batch_size: int, fn: str):
     return len(stack), (images for _, images in stack.batches(batch_size))
 
 
-def _mrc_batches(path: pathlib.Path, batch_size: int):
+def _mrc_batch_loaders(path: pathlib.Path, batch_size: int):
+    """``(total, iterator of (count, load))``: ``load()`` reads one batch of the memory-mapped
+    stack as float32 ``(count, n, n)``, only when called (a process of a data-parallel pass
+    reads only its own batches). Each ``load`` must be called before the iterator advances."""
     import mrcfile  # noqa: PLC0415
 
     with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
@@ -512,9 +515,15 @@ def _mrc_batches(path: pathlib.Path, batch_size: int):
         with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
             arr = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
             for s in range(0, arr.shape[0], batch_size):
-                yield np.array(arr[s:s + batch_size], dtype=np.float32)  # a copy: mmaps are read-only
+                e = min(s + batch_size, arr.shape[0])
+                yield e - s, lambda s=s, e=e: np.array(arr[s:e], dtype=np.float32)  # a copy: mmaps are read-only
 
     return total, gen()
+
+
+def _mrc_batches(path: pathlib.Path, batch_size: int):
+    total, loaders = _mrc_batch_loaders(path, batch_size)
+    return total, (load() for _, load in loaders)
 
 
 def moments_from_stack(source, *, ndim: int = 2, radius: float | None = None, sigma2=None,
