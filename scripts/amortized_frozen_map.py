@@ -93,7 +93,8 @@ def main():
         rows = torch.linspace(0, len(stack) - 1, min(args.scale_images, len(stack))).long().tolist()
         c, loss_unscaled, loss_given = map_scale(model, stack, R_map, t_map, rows)
         model.decoder.volume_real.mul_(c)
-    print(f"map scale {c:.4g}; L2 loss at the --poses: {loss_unscaled:.4f} unscaled, {loss_given:.4f} scaled", flush=True)
+    print(f"map scale {c:.4g}; L2 loss at the --poses: {loss_unscaled:.4f} unscaled, {loss_given:.4f} scaled",
+          flush=True)
     model.decoder.volume_real.requires_grad_(False)  # frozen: only the encoder learns
 
     radius = args.radius

@@ -818,15 +818,23 @@ def test_moments_process_reads_only_its_own_batches(tmp_path, monkeypatch, kind,
     read = []  # rows read from the file
     if kind == "star":
         orig_images = ParticleStack.images
-        monkeypatch.setattr(ParticleStack, "images", lambda self, rows: (read.extend(np.asarray(rows).tolist()),
-                                                                         orig_images(self, rows))[1])
+
+        def images(self, rows):
+            read.extend(np.asarray(rows).tolist())
+            return orig_images(self, rows)
+
+        monkeypatch.setattr(ParticleStack, "images", images)
     if kind == "mrcs":
         orig_loaders = ops_moments._mrc_batch_loaders
 
         def loaders(path, batch_size):
             total, gen = orig_loaders(path, batch_size)
-            return total, ((c, lambda i=i, c=c, load=load: (read.extend(range(i * batch_size, i * batch_size + c)),
-                                                           load())[1]) for i, (c, load) in enumerate(gen))
+
+            def recorded(i, count, load):
+                read.extend(range(i * batch_size, i * batch_size + count))
+                return load()
+
+            return total, ((c, lambda i=i, c=c, load=load: recorded(i, c, load)) for i, (c, load) in enumerate(gen))
 
         monkeypatch.setattr(ops_moments, "_mrc_batch_loaders", loaders)
     if kind == "iterable":

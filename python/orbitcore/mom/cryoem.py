@@ -269,7 +269,8 @@ def _image_batches(fn: str, source, batch_size: int):
             t = t[None]
         if t.dim() != 3 or t.shape[-1] != t.shape[-2]:
             fail(fn, f"source images must have shape (N, n0, n0), got {tuple(t.shape)}")
-        loads = ((min(batch_size, t.shape[0] - s), lambda s=s: t[s:s + batch_size]) for s in range(0, t.shape[0], batch_size))
+        N = t.shape[0]
+        loads = ((min(batch_size, N - s), lambda s=s: t[s:s + batch_size]) for s in range(0, N, batch_size))
         return t.shape[0], t.shape[-1], None, loads, "array"
     if isinstance(source, Iterable):
         it = iter(source)
