@@ -43,6 +43,7 @@ from _jsonl import append_jsonl
 import orbitcore as oc
 from orbitcore.amortized import Trainer, TrainConfig, model_from_checkpoint, predict_poses
 from orbitcore.amortized.losses import fourier_l2
+from orbitcore.amortized.train import _stack_ctf
 from orbitcore.io import ParticleStack, read_star
 
 
@@ -51,7 +52,7 @@ def map_scale(model, stack, R, t, rows: list[int]) -> tuple[float, float, float]
     """Least-squares factor ``c`` putting the decoder's map in the images' units at poses
     ``(R, t)``, and the mean L2 loss (eq. 8) of those rows at these poses before and after."""
     images = stack.images(rows).float()
-    ctf = stack.ctf[torch.tensor(rows)].evaluate(model.n, dtype=torch.float64).float()
+    ctf = _stack_ctf(stack, rows, model.n)
     X = model.decode(R[rows], t[rows], ctf, model.config.radius)
     Y = oc.fourier.fft2c(images)
     m = model.loss_mask()

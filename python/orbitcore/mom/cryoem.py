@@ -252,10 +252,7 @@ def _image_batches(fn: str, source, batch_size: int):
             n0 = int(stack.n)
             pxs = stack.pixel_size  # (N,) Å per pixel, or None when the STAR file has none
             px = float(pxs[0]) if pxs is not None and len(pxs) and math.isfinite(float(pxs[0])) else None
-            N = len(stack)
-            loads = ((min(batch_size, N - s), lambda s=s: stack.images(np.arange(s, min(s + batch_size, N))))
-                     for s in range(0, N, batch_size))
-            return len(stack), n0, px, loads, str(path)
+            return len(stack), n0, px, _m._star_batch_loaders(stack, batch_size), str(path)
         if suffix in (".mrcs", ".mrc", ".st", ".map"):
             from ..io import mrc_info  # noqa: PLC0415
 

@@ -492,6 +492,15 @@ def _as_image(item):
     return item
 
 
+def _star_batch_loaders(stack, batch_size: int):
+    """Iterator of ``(count, load)`` over an :class:`orbitcore.io.ParticleStack` in order:
+    ``load()`` reads one batch ``(count, n, n)``, only when called (a process of a data-parallel
+    pass reads only its own batches)."""
+    N = len(stack)
+    return ((min(batch_size, N - s), lambda s=s: stack.images(np.arange(s, min(s + batch_size, N))))
+            for s in range(0, N, batch_size))
+
+
 def _star_batches(path: pathlib.Path, batch_size: int, fn: str):
     """(total, iterator of batches) over the images named by a STAR file's rlnImageName, through
     orbitcore.io.ParticleStack (matched by name, never by row order; clear errors for missing
@@ -499,7 +508,7 @@ def _star_batches(path: pathlib.Path, batch_size: int, fn: str):
     from ..io import ParticleStack  # noqa: PLC0415
 
     stack = ParticleStack(path)
-    return len(stack), (images for _, images in stack.batches(batch_size))
+    return len(stack), (load() for _, load in _star_batch_loaders(stack, batch_size))
 
 
 def _mrc_batch_loaders(path: pathlib.Path, batch_size: int):
