@@ -16,7 +16,8 @@ training loss: a lower value there is an optimum the encoder has not found. ``--
 stops after the scale, the loss and the step-0 errors.
 
 ``--radius R``: the loss (and the heads' choice) restricted to ``|k| <= R`` Fourier pixels for
-the whole run, where the loss is a smoother function of the pose.
+the whole run, where the loss is a smoother function of the pose; the scale and the loss at
+``--poses`` are then measured on the same disk.
 
 If the encoder learns poses here, a joint run's stall comes from the decoder it trains
 against; if it does not, from learning the image → pose map itself. One JSON line to ``--log``.
@@ -48,14 +49,16 @@ from orbitcore.io import ParticleStack, read_star
 
 
 @torch.no_grad()
-def map_scale(model, stack, R, t, rows: list[int]) -> tuple[float, float, float]:
+def map_scale(model, stack, R, t, rows: list[int], radius: float | None = None) -> tuple[float, float, float]:
     """Least-squares factor ``c`` putting the decoder's map in the images' units at poses
-    ``(R, t)``, and the mean L2 loss (eq. 8) of those rows at these poses before and after."""
+    ``(R, t)``, and the mean L2 loss (eq. 8) of those rows at these poses before and after,
+    all on the disk ``|k| <= radius`` (default: the model's)."""
+    radius = model.config.radius if radius is None else radius
     images = stack.images(rows).float()
     ctf = _stack_ctf(stack, rows, model.n)
-    X = model.decode(R[rows], t[rows], ctf, model.config.radius)
+    X = model.decode(R[rows], t[rows], ctf, radius)
     Y = oc.fourier.fft2c(images)
-    m = model.loss_mask()
+    m = model.loss_mask(radius)
     c = float((Y.conj() * X * m).real.sum() / (X.abs().square() * m).sum())
     return c, float(fourier_l2(Y, X, m).mean()), float(fourier_l2(Y, c * X, m).mean())
 
@@ -92,7 +95,7 @@ def main():
     with torch.no_grad():
         model.decoder.volume_real.copy_(vol)
         rows = torch.linspace(0, len(stack) - 1, min(args.scale_images, len(stack))).long().tolist()
-        c, loss_unscaled, loss_given = map_scale(model, stack, R_map, t_map, rows)
+        c, loss_unscaled, loss_given = map_scale(model, stack, R_map, t_map, rows, args.radius)
         model.decoder.volume_real.mul_(c)
     print(f"map scale {c:.4g}; L2 loss at the --poses: {loss_unscaled:.4f} unscaled, {loss_given:.4f} scaled",
           flush=True)

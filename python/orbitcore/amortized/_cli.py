@@ -153,12 +153,13 @@ def run_train(args) -> int:
                          clip=args.clip if args.clip > 0 else None, num_workers=args.workers,
                          checkpoint_every=args.checkpoint_every, seed=args.seed, use_ctf=not args.no_ctf,
                          radius_start=args.radius_start, radius_hold=args.radius_hold,
-                         radius_ramp=args.radius_ramp, lr_drop=args.lr_drop, drop_fraction=args.drop_fraction)
+                         radius_ramp=args.radius_ramp, lr_drop=args.lr_drop, drop_fraction=args.drop_fraction,
+                         objective=args.objective)
         tr = Trainer(stack, mc, tc, out, verbose=not args.quiet, device=device, distributed=multi)
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
         where = f"{world} processes" if world > 1 else str(tr.device)
-        say(f"training {args.decoder} on {len(stack)} particles of {stack.size}x{stack.size} px "
+        say(f"training {args.decoder} ({args.objective}) on {len(stack)} particles of {stack.size}x{stack.size} px "
             f"({tr.batches_per_epoch} steps per epoch), {steps} steps on {where} -> {out}", file=sys.stderr)
     tr.fit()
     if rank == 0:
@@ -332,6 +333,11 @@ def register(sub) -> None:
                         "(default) or on a 2x-oversampled grid of the network, trilinearly (the winners are still "
                         "rendered exactly; several times faster with --pose-heads 16)")
     o = t.add_argument_group("optimisation")
+    o.add_argument("--objective", choices=["images", "poses"], default="images",
+                   help="images: learn from the images alone (the papers' self-supervised training; default); "
+                        "poses: the encoder learns the poses in --particles (e.g. the STAR file of "
+                        "'orbitcore amortized refine') and the decoder the map at them, so that the encoder "
+                        "predicts the poses of new particles without the search")
     o.add_argument("--epochs", type=float, default=None, help="passes over the data (default 1; or --steps)")
     o.add_argument("--steps", type=int, default=None, help="number of minibatch steps (instead of --epochs)")
     o.add_argument("--batch-size", type=int, default=64, help="images per minibatch (default 64)")

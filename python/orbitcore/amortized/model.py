@@ -594,6 +594,67 @@ class AmortizedModel(nn.Module):
         return ModelOutput(loss=per.mean(), per_image=per, rotations=Rsel, shifts=tsel, flipped=flipped,
                            loss_direct=da, loss_rotated=db, head=hsel)
 
+    def given_pose_losses(self, images: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor | None = None,
+                          ctf: torch.Tensor | None = None, *, radius: float | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two per-image losses of training on *given* poses ``(R*, t*)`` (``TrainConfig``'s
+        ``objective="poses"``: the encoder amortizes poses found otherwise, e.g. by
+        :func:`~orbitcore.amortized.refine_poses`).
+
+        - Encoder, pose regression: ``‖R − R*‖²_F + ‖t − t*‖²`` (pixels; the shift term only with
+          ``shifts="predict"``), averaged over the pose heads (every hypothesis learns the
+          target, so the choice among them at evaluation is immaterial) and, with the
+          symmetric loss, over both copies: the π-rotated copy's target is ``(R* Rz(π), −t*)``
+          (:class:`~orbitcore.nn.RotationLayer`). ``‖R − R*‖²_F = 4 (1 − cos θ)`` for the
+          angle ``θ`` between the two rotations.
+        - Decoder: the image loss (eq. 8) at the given poses, which carry no gradient.
+
+        The two depend on disjoint parameters (encoder, decoder).
+
+        Args:
+            images: real ``(B, n, n)``.
+            rotations: ``(B, 3, 3)`` target rotations (ARCHITECTURE.md's convention).
+            shifts: ``(B, 2)`` target shifts in pixels (None: centred particles, zero).
+            ctf: optional real ``(B, n, n)`` CTF values.
+            radius: loss radius in Fourier pixels (default: the configured radius).
+
+        Returns:
+            ``(pose_loss, image_loss)``, each ``(B,)``.
+        """
+        fn = "AmortizedModel.given_pose_losses"
+        c = self.config
+        if shifts is not None and not torch.is_tensor(shifts):
+            fail(fn, f"shifts must be a (B, 2) tensor in pixels or None, got {type(shifts).__name__}", TypeError)
+        self._check(images, ctf, shifts if c.shifts == "known" else None)
+        B = images.shape[0]
+        if not torch.is_tensor(rotations) or tuple(rotations.shape) != (B, 3, 3) or rotations.is_complex():
+            fail(fn, f"rotations must be a real ({B}, 3, 3) tensor (one per image), got "
+                     f"{tuple(rotations.shape) if torch.is_tensor(rotations) else type(rotations).__name__}")
+        if shifts is not None and tuple(shifts.shape) != (B, 2):
+            fail(fn, f"shifts must be a ({B}, 2) tensor in pixels or None, got {tuple(shifts.shape)}")
+        radius = c.radius if radius is None else self._radius(fn, radius)
+        R_tgt = rotations.detach().to(images.dtype)  # targets: no gradient flows to the given poses
+        t_tgt = (torch.zeros(B, 2, dtype=images.dtype, device=images.device) if shifts is None
+                 else shifts.detach().to(images.dtype))
+        # encoder: regression onto the given poses (both copies with the symmetric loss)
+        x, R_enc, t_enc, c_enc = images, R_tgt, t_tgt, ctf
+        if c.symmetric:
+            x = self.rotation_layer(images)
+            R_enc = torch.cat((R_tgt, R_tgt * _RZ_PI.to(R_tgt)))  # the rotated copy's pose: (R* Rz(π), −t*)
+            t_enc = torch.cat((t_tgt, -t_tgt))
+            c_enc = None if ctf is None else torch.cat((ctf, ctf))
+        R, t = self.encode(x, c_enc)
+        R = R.reshape(x.shape[0], c.pose_heads, 3, 3)
+        d = (R - R_enc[:, None]).square().sum((-1, -2)).mean(1)
+        if c.shifts == "predict":
+            d = d + (t - t_enc).square().sum(-1)
+        if c.symmetric:
+            d = 0.5 * (d[:B] + d[B:])
+        # decoder: eq. 8 at the given poses
+        X = self.decode(R_tgt, None if c.shifts == "none" else t_tgt, ctf, radius)
+        e = fourier_l2(fourier.fft2c(images), X, self.loss_mask(radius))
+        return d, e
+
     @torch.no_grad()
     def volume(self) -> torch.Tensor:
         """Current real-space volume estimate ``(n, n, n)``."""

@@ -49,6 +49,9 @@ CHECKPOINT_FORMAT = "orbitcore-amortized-checkpoint-1"
 FOURIERNET_LR = 1e-4  # the FourierNet decoder's default Adam rate (TrainConfig.decoder_lr)
 
 
+OBJECTIVES = ("images", "poses")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings (saved in checkpoints).
@@ -84,6 +87,16 @@ class TrainConfig:
             drop once the poses have formed lets them settle (0.1 at half the steps: 3.6°); a
             drop late in the run freezes whatever state it meets (docs/evidence/amortized §1).
         drop_fraction: where the drop comes, as a fraction of ``steps`` (default 0.75).
+        objective: ``"images"`` (default): the papers' self-supervised training, encoder and
+            decoder learn from the images alone (eqs. 8–10). ``"poses"``: amortize *given*
+            poses, those of the particle file (rlnAngleRot/Tilt/Psi and the origins; missing
+            origins are zero shifts), e.g. the STAR file that
+            :func:`~orbitcore.amortized.refine_poses` (``orbitcore amortized refine``) writes:
+            the encoder regresses onto them and the decoder fits the images at them
+            (:meth:`AmortizedModel.given_pose_losses`; the history's ``loss`` is then the
+            image loss at the given poses and ``pose_loss`` the regression's). The trained
+            encoder predicts the poses of new particles at its own rate (:func:`evaluate`),
+            without the search.
     """
 
     steps: int = 1000
@@ -101,6 +114,7 @@ class TrainConfig:
     radius_ramp: int = 0
     lr_drop: float = 1.0
     drop_fraction: float = 0.75
+    objective: str = "images"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -125,6 +139,8 @@ class TrainConfig:
         self.lr_drop, self.drop_fraction = check_step_drop(fn, self.lr_drop, self.drop_fraction)
         if self.lr_drop > 1.0:
             fail(fn, f"lr_drop must be in (0, 1] (a factor that lowers the learning rates), got {self.lr_drop}")
+        if self.objective not in OBJECTIVES:
+            fail(fn, f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
         if self.radius_start is None and (self.radius_hold or self.radius_ramp):
             fail(fn, f"radius_hold = {self.radius_hold} and radius_ramp = {self.radius_ramp} need radius_start "
                      "(the curriculum's first radius), got radius_start=None")
@@ -312,6 +328,10 @@ class Trainer:
                      "CTF (use_ctf=False, --no-ctf) if the images have none")
         if mc.encoder_input != "raw" and not self.config.use_ctf:
             fail(fn, f"encoder_input={mc.encoder_input!r} corrects each image by its CTF: it needs use_ctf=True")
+        if self.config.objective == "poses" and stack.rotations is None:
+            fail(fn, f"{stack.table.path}: objective='poses' learns the particle file's poses, and it has none "
+                     "(rlnAngleRot, rlnAngleTilt, rlnAnglePsi); give the STAR file of a refinement "
+                     "(orbitcore amortized refine) or train with objective='images'")
         if mc.shifts == "known" and stack.shifts is None:
             fail(fn, f"{stack.table.path}: shifts='known' needs rlnOriginX/Y(Angst) columns in the particle file")
         if self.config.radius_start is not None and self.config.radius_start > mc.radius:
@@ -392,14 +412,23 @@ class Trainer:
             broadcast_(self._running_statistics)
         model.train()
         radius = self.radius_at()
-        out = model(images, ctf, shifts, radius=radius)
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        stats = torch.stack([out.loss.detach(), out.loss_direct.detach().mean(), out.flipped.float().mean()])
+        if c.objective == "poses":  # amortize the file's poses: regression + eq. 8 at them
+            R_tgt = batch["rotation"].to(dev, images.dtype)
+            t_tgt = batch["shift"].to(dev, images.dtype) if "shift" in batch else None
+            pose_loss, image_loss = model.given_pose_losses(images, R_tgt, t_tgt, ctf, radius=radius)
+            (pose_loss.mean() + image_loss.mean()).backward()
+            stats = torch.stack([image_loss.detach().mean(), image_loss.detach().mean(),
+                                 torch.zeros((), device=dev), pose_loss.detach().mean()])
+        else:
+            out = model(images, ctf, shifts, radius=radius)
+            out.loss.backward()
+            stats = torch.stack([out.loss.detach(), out.loss_direct.detach().mean(), out.flipped.float().mean(),
+                                 torch.zeros((), device=dev)])
         if self.world > 1:
             stats = self._average_over_processes(stats)
-        if not math.isfinite(float(stats[0])):  # (every process stops: the loss is the mean over them)
-            fail("Trainer.train_step", f"the loss became {float(stats[0])} at step {self.step} (diverged); lower "
+        if not math.isfinite(float(stats[0] + stats[3])):  # (every process stops: the loss is the mean over them)
+            fail("Trainer.train_step", f"the loss became {float(stats[0] + stats[3])} at step {self.step} (diverged); lower "
                                        "the learning rates or the clipping threshold and resume from the last "
                                        "checkpoint", FloatingPointError)
         gn = None
@@ -411,8 +440,9 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         self.batch_in_epoch += 1
-        loss, loss_direct, flipped = stats.tolist()
-        return {"loss": loss, "loss_direct": loss_direct, "flipped": flipped, "grad_norm": gn,
+        loss, loss_direct, flipped, pose_loss = stats.tolist()
+        return {"loss": loss, "loss_direct": loss_direct, "flipped": flipped,
+                "pose_loss": None if c.objective == "images" else pose_loss, "grad_norm": gn,
                 "images": images.shape[0] * self.world, "radius": radius, "lr_factor": f}
 
     def _average_over_processes(self, stats: torch.Tensor) -> torch.Tensor:
@@ -478,6 +508,8 @@ class Trainer:
                                            if window[0]["grad_norm"] is not None else None),
                              "radius": window[-1]["radius"], "lr_factor": window[-1]["lr_factor"],
                              "images_per_s": rate, "train_time_s": self.elapsed}
+                    if window[0]["pose_loss"] is not None:
+                        entry["pose_loss"] = float(np.mean([w["pose_loss"] for w in window]))
                     self.history.append(entry)
                     bar.set_postfix(loss=f"{entry['loss']:.4g}", img_s=f"{rate:.0f}", epoch=f"{entry['epoch']:.2f}")
                     window, imgs_since, t_last = [], 0, now
