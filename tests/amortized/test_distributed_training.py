@@ -24,10 +24,10 @@ def stack_file(small_stack):
     return small_stack(48)
 
 
-def _worker(rank, world, star, out):
+def _worker(rank, world, star, out, objective):
     import torch.distributed as dist
 
-    a = Trainer(star, MODEL, CFG, verbose=False)  # distributed=None: the initialised group is used
+    a = Trainer(star, MODEL, {**CFG, "objective": objective}, verbose=False)  # distributed=None: the initialised group is used
     assert (a.world, a.rank) == (world, rank)
     a.fit(SPLIT)
     if rank == 0:
@@ -50,9 +50,9 @@ def _worker(rank, world, star, out):
                 "batch_in_epoch": a.batch_in_epoch}, f"{out}/rank{rank}.pt")
 
 
-def _reference(star) -> tuple[dict, list]:
+def _reference(star, objective) -> tuple[dict, list]:
     """The data-parallel steps in one process (module docstring)."""
-    tr = Trainer(star, MODEL, CFG, verbose=False)
+    tr = Trainer(star, MODEL, {**CFG, "objective": objective}, verbose=False)
     model, opt, c = tr.model, tr.optimizer, tr.config
     shards = [_EpochBatches(len(tr.stack), c.batch_size, c.seed, WORLD, r) for r in range(WORLD)]
     per_epoch = shards[0].batches_per_epoch
@@ -69,9 +69,15 @@ def _reference(star) -> tuple[dict, list]:
             batch = _collate([tr.stack[i] for i in shards[r].order(epoch)[j].tolist()])
             images = batch["image"].float()
             opt.zero_grad(set_to_none=True)
-            out = model(images, _batch_ctf(batch, model.n, images.dtype), None, radius=tr.radius_at(step))
-            out.loss.backward()
-            step_loss += float(out.loss.detach()) / WORLD
+            ctf = _batch_ctf(batch, model.n, images.dtype)
+            if objective == "poses":  # regression onto the file's poses + eq. 8 at them; logged: the image loss
+                d, e = model.given_pose_losses(images, batch["rotation"], batch["shift"], ctf, radius=tr.radius_at(step))
+                (d.mean() + e.mean()).backward()
+                step_loss += float(e.mean().detach()) / WORLD
+            else:
+                out = model(images, ctf, None, radius=tr.radius_at(step))
+                out.loss.backward()
+                step_loss += float(out.loss.detach()) / WORLD
             for name, q in model.named_parameters():
                 if q.grad is not None:
                     grads[name] = grads.get(name, 0) + q.grad / WORLD
@@ -84,10 +90,12 @@ def _reference(star) -> tuple[dict, list]:
 
 
 @pytest.mark.distributed
-def test_two_process_training_matches_the_averaged_gradient_reference_and_resumes(stack_file, tmp_path, spawn_gloo):
-    spawn_gloo(_worker, str(stack_file), str(tmp_path), world=WORLD)
+@pytest.mark.parametrize("objective", ["images", "poses"])
+def test_two_process_training_matches_the_averaged_gradient_reference_and_resumes(stack_file, tmp_path, spawn_gloo,
+                                                                                  objective):
+    spawn_gloo(_worker, str(stack_file), str(tmp_path), objective, world=WORLD)
     got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
-    ref, ref_losses, ref_norms = _reference(stack_file)
+    ref, ref_losses, ref_norms = _reference(stack_file, objective)
     for k in ref:
         # both processes hold the same model (running statistics included) ...
         assert torch.equal(got[0]["a"][k], got[1]["a"][k]), k
