@@ -15,6 +15,12 @@ The mean loss at the ``--poses`` (on the scaled map) is recorded for comparison 
 training loss: a lower value there is an optimum the encoder has not found. ``--steps 0``
 stops after the scale, the loss and the step-0 errors.
 
+The encoder's poses are predicted with its running normalisation statistics, which lag the
+weights by about ten steps; ``--recalibrate`` re-estimates them over the stack first (on a copy,
+as :func:`~orbitcore.amortized.evaluate` does).
+
+``--fresh-encoder``: start from a newly initialised encoder instead of the checkpoint's.
+
 ``--radius R``: the loss (and the heads' choice) restricted to ``|k| <= R`` Fourier pixels for
 the whole run, where the loss is a smoother function of the pose; the scale and the loss at
 ``--poses`` are then measured on the same disk.
@@ -42,7 +48,7 @@ import torch
 from _jsonl import append_jsonl
 
 import orbitcore as oc
-from orbitcore.amortized import Trainer, TrainConfig, model_from_checkpoint, predict_poses
+from orbitcore.amortized import AmortizedModel, Trainer, TrainConfig, model_from_checkpoint, predict_poses
 from orbitcore.amortized.losses import fourier_l2
 from orbitcore.amortized.train import _stack_ctf
 from orbitcore.io import ParticleStack, read_star
@@ -74,6 +80,11 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--radius", type=float, default=None, help="loss radius in Fourier pixels (default: the model's)")
+    ap.add_argument("--fresh-encoder", action="store_true",
+                    help="replace the checkpoint's encoder by a freshly initialised one (same configuration)")
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="evaluate with the normalisation statistics re-estimated over the stack (as evaluate() "
+                         "does) instead of the running ones")
     ap.add_argument("--scale-images", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log", default=None)
@@ -82,6 +93,8 @@ def main():
     torch.set_num_threads(args.threads)
 
     model, _ = model_from_checkpoint(args.checkpoint)
+    if args.fresh_encoder:  # the configuration's initialisation (ModelConfig.seed), as a new run starts
+        model.encoder = AmortizedModel(model.config).encoder
     if model.config.decoder != "voxel":
         raise SystemExit(f"amortized_frozen_map: --checkpoint must have a voxel decoder, got {model.config.decoder!r}")
     vol = torch.from_numpy(mrcfile.read(args.map).astype("float32"))
@@ -108,7 +121,7 @@ def main():
     evals, t0 = [], time.time()
 
     def measure():
-        p = predict_poses(model, stack)
+        p = predict_poses(model, stack, recalibrate=args.recalibrate)
         pe = oc.metrics.pose_errors(p["rotations"], stack.rotations)
         e = {"step": tr.step, "median_deg": pe.rotation_median_angle,
              "frac_below_10deg": float((pe.per_image_angle < 10).double().mean()),
