@@ -146,9 +146,11 @@ def test_given_poses_bad_inputs(tiny, tmp_path):
         Trainer(tmp_path / "noposes.star", SMALL, {"objective": "poses", "num_workers": 0}, verbose=False)
     m = AmortizedModel.create(16, **SMALL)
     x = torch.randn(3, 16, 16)
-    with pytest.raises(ValueError, match=r"given_pose_losses: rotations must be a real \(3, 3, 3\) tensor .*got \(2, 3, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"given_pose_losses: rotations must be a real \(3, 3, 3\) tensor .*got \(2, 3, 3\)"):
         m.given_pose_losses(x, torch.eye(3).expand(2, 3, 3), None)
-    with pytest.raises(ValueError, match=r"given_pose_losses: shifts must be a \(3, 2\) tensor in pixels or None, got \(3,\)"):
+    with pytest.raises(ValueError,
+                       match=r"given_pose_losses: shifts must be a \(3, 2\) tensor in pixels or None, got \(3,\)"):
         m.given_pose_losses(x, torch.eye(3).expand(3, 3, 3), torch.zeros(3))
     with pytest.raises(ValueError, match=r"AmortizedModel: images must be a real tensor \(B, 16, 16\)"):
         m.given_pose_losses(torch.randn(3, 8, 8), torch.eye(3).expand(3, 3, 3))

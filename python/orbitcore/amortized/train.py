@@ -427,10 +427,11 @@ class Trainer:
                                  torch.zeros((), device=dev)])
         if self.world > 1:
             stats = self._average_over_processes(stats)
-        if not math.isfinite(float(stats[0] + stats[3])):  # (every process stops: the loss is the mean over them)
-            fail("Trainer.train_step", f"the loss became {float(stats[0] + stats[3])} at step {self.step} (diverged); lower "
-                                       "the learning rates or the clipping threshold and resume from the last "
-                                       "checkpoint", FloatingPointError)
+        total = float(stats[0] + stats[3])  # the objective (image loss, plus the pose loss with "poses")
+        if not math.isfinite(total):  # (every process stops: the loss is the mean over them)
+            fail("Trainer.train_step", f"the loss became {total} at step {self.step} (diverged); lower the learning "
+                                       "rates or the clipping threshold and resume from the last checkpoint",
+                 FloatingPointError)
         gn = None
         if c.clip is not None:
             gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip))
@@ -511,7 +512,9 @@ class Trainer:
                     if window[0]["pose_loss"] is not None:
                         entry["pose_loss"] = float(np.mean([w["pose_loss"] for w in window]))
                     self.history.append(entry)
-                    bar.set_postfix(loss=f"{entry['loss']:.4g}", img_s=f"{rate:.0f}", epoch=f"{entry['epoch']:.2f}")
+                    pose = {"pose_loss": f"{entry['pose_loss']:.4g}"} if "pose_loss" in entry else {}
+                    bar.set_postfix(loss=f"{entry['loss']:.4g}", **pose, img_s=f"{rate:.0f}",
+                                    epoch=f"{entry['epoch']:.2f}")
                     window, imgs_since, t_last = [], 0, now
                 if callback is not None and callback_every and self.step % callback_every == 0:
                     extra = callback(self)
