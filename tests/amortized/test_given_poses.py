@@ -19,13 +19,9 @@ RZ_PI = torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64))
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(small_stack):
     """48 CTF-modulated, shifted, lightly noisy 16² projections with their true poses in the STAR file."""
-    d = tmp_path_factory.mktemp("given")
-    vol = oc.physics.pseudo_molecule(16, n_atoms=40, seed=4)
-    sim = oc.physics.simulate_particles(vol, 48, pixel_size=3.0, snr=10.0, shift_std=2.0, out=d / "p.star", seed=2)
-    oc.io.write_mrc(d / "vol.mrc", vol.numpy(), voxel_size=3.0)
-    return d, sim
+    return small_stack(48).parent
 
 
 def _angles(R, R_ref):
@@ -86,26 +82,27 @@ def test_training_on_given_poses_learns_them_and_the_map(tiny, tmp_path):
     # The file's poses (here the simulation's) are learnt: the encoder's own predictions for
     # both copies of each image, and the model's symmetric choice, come close to them; the
     # decoder's map fits the images at them. (48 images, 300 steps: memorised, 8–15° here.)
-    d, sim = tiny
+    d = tiny
     tr = Trainer(d / "p.star", {"pose_heads": 2, **SMALL},
                  {"steps": 300, "batch_size": 16, "num_workers": 0, "lr": 3e-3, "checkpoint_every": 0,
                   "objective": "poses"}, tmp_path / "run", verbose=False)
     stack = tr.stack
+    truth = stack.rotations  # the simulation's poses, as the STAR file holds them
     before = predict_poses(tr.model, stack)
     tr.fit()
     h = tr.history
     assert "pose_loss" in h[0] and h[-1]["pose_loss"] < 0.1 * h[0]["pose_loss"]
     assert h[-1]["loss"] < 0.5 * h[0]["loss"]
     after = predict_poses(tr.model, stack)
-    err0 = _angles(before["rotations"], sim.rotations).median()
-    err = _angles(after["rotations"], sim.rotations)
+    err0 = _angles(before["rotations"], truth).median()
+    err = _angles(after["rotations"], truth)
     assert err0 > 60 and err.median() < 20, (float(err0), float(err.median()))
     # the π-rotated copies' own predictions, reported for the image as given (R_b Rz(π))
     model = tr.model.eval()
     with torch.no_grad():
         R_b, _ = model.encode(rotate180(stack.images(list(range(len(stack)))).float()),
                               oc.amortized.train._stack_ctf(stack, torch.arange(len(stack)), 16))
-    err_b = _angles(R_b[:, 0].double() @ RZ_PI, sim.rotations)
+    err_b = _angles(R_b[:, 0].double() @ RZ_PI, truth)
     assert err_b.median() < 25, float(err_b.median())  # a wrong target (R*) would put these near 180°
     # shifts in pixels, against the file's
     assert (after["shifts"] - stack.shifts).norm(dim=-1).median() < 0.6
@@ -115,7 +112,7 @@ def test_training_on_given_poses_learns_them_and_the_map(tiny, tmp_path):
 
 
 def test_given_poses_resume_reproduces_the_next_steps_exactly(tiny, tmp_path):
-    d, _ = tiny
+    d = tiny
     cfg = {"steps": 9, "batch_size": 8, "num_workers": 0, "checkpoint_every": 0, "lr": 1e-3, "objective": "poses"}
     a = Trainer(d / "p.star", SMALL, cfg, tmp_path / "a", verbose=False)
     a.fit(4)
@@ -132,7 +129,7 @@ def test_given_poses_resume_reproduces_the_next_steps_exactly(tiny, tmp_path):
 
 
 def test_given_poses_bad_inputs(tiny, tmp_path):
-    d, _ = tiny
+    d = tiny
     with pytest.raises(ValueError, match=r"TrainConfig.*objective must be one of \['images', 'poses'\], got 'pose'"):
         TrainConfig(objective="pose")
     # a particle file without poses
@@ -157,7 +154,7 @@ def test_given_poses_bad_inputs(tiny, tmp_path):
 
 
 def test_cli_train_on_given_poses(tiny, tmp_path):
-    d, _ = tiny
+    d = tiny
     out = tmp_path / "run"
     assert main(["amortized", "train", "--particles", str(d / "p.star"), "--out", str(out), "--steps", "4",
                  "--objective", "poses", "--channels", "4", "8", "--batch-size", "8", "--workers", "0",
