@@ -11,6 +11,7 @@ from orbitcore.amortized import AmortizedModel, TrainConfig, Trainer, load_check
 from orbitcore.amortized.losses import fourier_l2
 from orbitcore.cli import main
 from orbitcore.geometry import random_rotations
+from orbitcore.metrics import rotation_angle
 from orbitcore.physics import CTFParams
 from orbitcore.physics.transforms import rotate180
 
@@ -22,12 +23,6 @@ RZ_PI = torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64))
 def tiny(small_stack):
     """48 CTF-modulated, shifted, lightly noisy 16² projections with their true poses in the STAR file."""
     return small_stack(48).parent
-
-
-def _angles(R, R_ref):
-    """Angle (degrees) between corresponding rotations, no global alignment."""
-    c = ((R.double().transpose(-1, -2) @ R_ref.double()).diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
-    return torch.rad2deg(torch.arccos(c.clamp(-1, 1)))
 
 
 def test_rotated_copy_target_is_the_pi_rotated_pose():
@@ -94,15 +89,15 @@ def test_training_on_given_poses_learns_them_and_the_map(tiny, tmp_path):
     assert "pose_loss" in h[0] and h[-1]["pose_loss"] < 0.1 * h[0]["pose_loss"]
     assert h[-1]["loss"] < 0.5 * h[0]["loss"]
     after = predict_poses(tr.model, stack)
-    err0 = _angles(before["rotations"], truth).median()
-    err = _angles(after["rotations"], truth)
+    err0 = rotation_angle(before["rotations"], truth).median()
+    err = rotation_angle(after["rotations"], truth)
     assert err0 > 60 and err.median() < 20, (float(err0), float(err.median()))
     # the π-rotated copies' own predictions, reported for the image as given (R_b Rz(π))
     model = tr.model.eval()
     with torch.no_grad():
         R_b, _ = model.encode(rotate180(stack.images(list(range(len(stack)))).float()),
                               oc.amortized.train._stack_ctf(stack, torch.arange(len(stack)), 16))
-    err_b = _angles(R_b[:, 0].double() @ RZ_PI, truth)
+    err_b = rotation_angle(R_b[:, 0].double() @ RZ_PI, truth)
     assert err_b.median() < 25, float(err_b.median())  # a wrong target (R*) would put these near 180°
     # shifts in pixels, against the file's
     assert (after["shifts"] - stack.shifts).norm(dim=-1).median() < 0.6
