@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import orbitcore
+from orbitcore import _distributed
 
 def _find_shared_data() -> pathlib.Path:
     """``../shared/data`` seen from the repository: the nearest ``shared/data`` above the tests
@@ -78,8 +79,11 @@ def _free_port() -> int:
 def _gloo_entry(rank, world, port, fn, args, init):
     """A spawned process: the rendezvous address; with ``init`` the gloo group is joined (and left)
     here, without it the environment is what ``torchrun`` sets and ``fn`` joins it itself (the CLI)."""
+    import faulthandler
+
     import torch.distributed as dist
 
+    faulthandler.enable()  # a native abort in a worker prints every thread's Python stack
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if not init:
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
@@ -88,9 +92,12 @@ def _gloo_entry(rank, world, port, fn, args, init):
         dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         fn(rank, world, *args)
-    finally:
+    except BaseException:
         if init and dist.is_initialized():
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # no barrier: the other processes may never reach it
+        raise
+    if init:
+        _distributed.leave()  # a barrier, then destroy: no process closes while another is mid-collective
 
 
 @pytest.fixture

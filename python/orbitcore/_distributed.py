@@ -7,6 +7,7 @@ collectives on it (gloo for CPU tensors, nccl for CUDA tensors).
 * :func:`world` — ``(world_size, rank)`` for an algorithm's ``distributed`` argument.
 * :func:`init_from_env` — the command line's entry: joins the group ``torchrun`` describes in
   the environment (``WORLD_SIZE`` > 1), choosing the backend from the device.
+* :func:`leave` — the command line's exit: a barrier, then ``destroy_process_group``.
 * :func:`all_reduce_sum_` / :func:`broadcast_` — one collective over many tensors (flattened
   into one buffer, so a model's gradients cost one call, not one per parameter).
 """
@@ -64,6 +65,15 @@ def init_from_env(device: str | None = None) -> bool:
     cuda = device is not None and torch.device(device).type == "cuda"
     _dist().init_process_group("nccl" if cuda else "gloo")
     return True
+
+
+def leave() -> None:
+    """Leave the process group (no-op when none is initialised): a barrier first, so that no
+    process closes its connections (rank 0 also hosts the rendezvous store) while another is
+    still inside a collective, then ``destroy_process_group``."""
+    if is_initialized():
+        _dist().barrier()
+        _dist().destroy_process_group()
 
 
 def local_device(device: str | None) -> str | None:

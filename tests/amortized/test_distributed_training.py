@@ -180,6 +180,7 @@ def _cli_worker(rank, world, star, out):
     rc = main(["amortized", "train", "--particles", star, "--out", out, "--steps", "3", "--channels", "4", "8",
                "--batch-size", "8", "--workers", "0", "--quiet"])
     assert rc == 0
+    assert not torch.distributed.is_initialized()  # the command left the group it joined
 
 
 @pytest.mark.distributed

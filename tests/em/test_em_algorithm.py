@@ -404,6 +404,7 @@ def _em_cli_worker(rank, world, args):
     from orbitcore.cli import main
 
     assert main(args) == 0
+    assert not torch.distributed.is_initialized()  # the command left the group it joined
 
 
 @pytest.mark.distributed

@@ -801,6 +801,34 @@ def test_moments_from_images_shared_by_two_processes_equal_one_process(tmp_path,
         torch.testing.assert_close(g["M2b"], b.M2, rtol=1e-12, atol=1e-14)
 
 
+def _mom_cli_worker(rank, world, args):
+    from orbitcore.cli import main
+
+    assert main(args) == 0
+    assert not torch.distributed.is_initialized()  # the command left the group it joined
+
+
+@pytest.mark.distributed
+def test_cli_mom_cryoem_under_torchrun_environment_matches_one_process(tmp_path, spawn_gloo):
+    """``orbitcore mom-cryoem`` launched as two torchrun processes: they share the moments'
+    batches, rank 0 fits and writes; the moments and the fitted map equal one process's."""
+    from orbitcore import cli
+    from orbitcore.io import read_mrc, write_mrc
+
+    stack = tmp_path / "p.mrcs"
+    write_mrc(stack, np.random.default_rng(3).normal(size=(45, 13, 13)).astype(np.float32), voxel_size=2.0)
+    common = ["mom-cryoem", "--particles", str(stack), "--size", "9", "--model", "voxel", "--steps", "2",
+              "--batch-size", "10", "--n-directions", "12", "--n-inplane", "4", "--quiet", "--no-plots"]
+    spawn_gloo(_mom_cli_worker, common + ["--out", str(tmp_path / "two")], init=False)
+    assert cli.main(common + ["--out", str(tmp_path / "one")]) == 0
+    one, two = (ce.CryoEMMoments.load(tmp_path / d / "moments.pt") for d in ("one", "two"))
+    assert two.count == one.count == 45
+    torch.testing.assert_close(two.M1, one.M1, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(two.M2, one.M2, rtol=1e-5, atol=1e-7)
+    v1, v2 = (torch.as_tensor(read_mrc(tmp_path / d / "volume.mrc")[0]) for d in ("one", "two"))
+    torch.testing.assert_close(v2, v1, rtol=1e-4, atol=1e-4 * float(v1.abs().max()))
+
+
 @pytest.mark.parametrize("kind", ["star", "mrcs", "array", "iterable"])
 @pytest.mark.parametrize("limit", [None, 25])
 def test_moments_process_reads_only_its_own_batches(tmp_path, monkeypatch, kind, limit):

@@ -162,13 +162,11 @@ def run_train(args) -> int:
         say(f"training {args.decoder} ({args.objective}) on {len(stack)} particles of {stack.size}x{stack.size} px "
             f"({tr.batches_per_epoch} steps per epoch), {steps} steps on {where} -> {out}", file=sys.stderr)
     tr.fit()
+    if multi:  # the evaluation below is rank 0's alone: leave the group first
+        _distributed.leave()
     if rank == 0:
         res = evaluate(tr, out_dir=out, reference=args.reference, verbose=not args.quiet)
         _print_summary(res, out)
-    if multi:
-        import torch.distributed as dist  # noqa: PLC0415
-
-        dist.destroy_process_group()
     return 0
 
 
@@ -234,9 +232,7 @@ def run_refine(args) -> int:
                        global_rounds=args.global_rounds, shift_search=args.shift_search, callback=report,
                        checkpoint=progress, verbose=not quiet, distributed=multi)
     if multi:
-        import torch.distributed as dist  # noqa: PLC0415
-
-        dist.destroy_process_group()
+        _distributed.leave()
     if rank != 0:
         return 0
     if res.resumed_rounds and not quiet:

@@ -127,9 +127,7 @@ def run_reconstruct(args) -> int:
                                     epsilon=args.epsilon, seed=args.seed, state=state, callback=progress,
                                     dtype=torch.float64 if args.float64 else torch.float32, distributed=multi)
     if multi:
-        import torch.distributed as dist  # noqa: PLC0415
-
-        dist.destroy_process_group()
+        _distributed.leave()
     if rank != 0:
         return 0
     write_mrc(out, vol.float().numpy(), 1.0)

@@ -141,10 +141,8 @@ def run(args) -> int:
         mom = ce.moments_from_images(args.particles, args.size, sigma2=s2, pixel_size=args.pixel_size,
                                      batch_size=args.batch_size, limit=args.limit, verbose=verbose, distributed=multi)
         if multi:
-            import torch.distributed as dist  # noqa: PLC0415
-
-            rank = dist.get_rank()
-            dist.destroy_process_group()
+            rank = _distributed.world("mom cryoem", multi)[1]
+            _distributed.leave()
             if rank != 0:
                 return 0
         mom.save(mpath)
