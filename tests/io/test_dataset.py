@@ -137,6 +137,39 @@ def test_bad_arguments(tmp_path):
         ds[6]
 
 
+def test_relocated_table_written_elsewhere_opens_the_same_images(tmp_path):
+    """A table written to another folder (e.g. a run's poses.star) keeps naming the same images:
+    relative names are rewritten relative to the new folder, the index part and absolute names
+    stay, and with ``data_dir`` the images found there are the ones named."""
+    from orbitcore.io import read_star
+
+    src = tmp_path / "project" / "Extract"
+    src.mkdir(parents=True)
+    p, st = make_dataset(src, ["000002@a.mrcs", "1@b.mrcs", f"3@{src / 'a.mrcs'}"])
+    before = ParticleStack(p)
+    out = tmp_path / "runs" / "r1"
+    out.mkdir(parents=True)
+    moved = read_star(p).relocated(out)
+    names = moved.particles["rlnImageName"].tolist()
+    assert names[0] == "000002@../../project/Extract/a.mrcs" and names[1] == "1@../../project/Extract/b.mrcs"
+    assert names[2] == f"3@{src / 'a.mrcs'}"  # absolute: as written
+    moved.write(out / "poses.star")
+    after = ParticleStack(out / "poses.star")
+    for i in range(3):
+        np.testing.assert_array_equal(after[i]["image"].numpy(), before[i]["image"].numpy())
+    # without relocation the copy does not open from its new folder
+    read_star(p).write(out / "plain.star")
+    with pytest.raises(FileNotFoundError, match="image file"):
+        ParticleStack(out / "plain.star")
+    # names that only resolve through data_dir (the base-name fallback)
+    star = tmp_path / "moved.star"
+    star.write_text(p.read_text().replace("000002@a.mrcs", "2@Extract/job1/a.mrcs"))
+    with pytest.raises(FileNotFoundError):
+        read_star(star).relocated(out)
+    read_star(star).relocated(out, data_dir=src).write(out / "via_data_dir.star")
+    np.testing.assert_array_equal(ParticleStack(out / "via_data_dir.star")[0]["image"].numpy(), st["a.mrcs"][1])
+
+
 def test_data_dir_and_basename_fallback(tmp_path):
     sub = tmp_path / "stacks"
     sub.mkdir()

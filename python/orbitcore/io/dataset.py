@@ -41,6 +41,9 @@ class ParticleStack(torch.utils.data.Dataset):
             explicit ``(mean, std)``.
         dtype: of the images returned (float32 default).
 
+    ``.table`` is the :class:`~orbitcore.io.ParticleTable` and ``.data_dir`` the argument above
+    (``table.relocated(folder, stack.data_dir)`` names the images for a STAR file written there).
+
     Items (``stack[i]``) are dicts: ``image`` ``(size, size)``, ``index`` (row), ``pixel_size``
     (Å, after downsampling), and when the file has them ``rotation`` ``(3, 3)``
     (:func:`~orbitcore.geometry.relion_euler_to_matrix`), ``shift`` ``(2,)`` pixels (``t =
@@ -61,6 +64,7 @@ class ParticleStack(torch.utils.data.Dataset):
         if len(table) == 0:
             fail(fn, f"{table.path}: the particle table is empty")
         self.table = table
+        self.data_dir = data_dir
         self.dtype = dtype
         idx, names = table.image_refs()
         paths = table.resolve_image_files(data_dir)
