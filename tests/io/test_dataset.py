@@ -168,6 +168,8 @@ def test_relocated_table_written_elsewhere_opens_the_same_images(tmp_path):
         read_star(star).relocated(out)
     read_star(star).relocated(out, data_dir=src).write(out / "via_data_dir.star")
     np.testing.assert_array_equal(ParticleStack(out / "via_data_dir.star")[0]["image"].numpy(), st["a.mrcs"][1])
+    with pytest.raises(TypeError, match="ParticleTable.relocated: directory must be a folder path, got int"):
+        read_star(p).relocated(3)
 
 
 def test_data_dir_and_basename_fallback(tmp_path):

@@ -210,6 +210,9 @@ class ParticleTable:
         ``index@`` part stay as written. Raises ``FileNotFoundError`` if an image file is missing."""
         import os  # noqa: PLC0415
 
+        if not isinstance(directory, (str, os.PathLike)):
+            fail("ParticleTable.relocated", f"directory must be a folder path, got {type(directory).__name__}",
+                 TypeError)
         directory = pathlib.Path(directory).resolve()
         _, files = self.image_refs()
         found = self.resolve_image_files(data_dir)
