@@ -139,8 +139,8 @@ def test_bad_arguments(tmp_path):
 
 def test_relocated_table_written_elsewhere_opens_the_same_images(tmp_path):
     """A table written to another folder (e.g. a run's poses.star) keeps naming the same images:
-    relative names are rewritten relative to the new folder, the index part and absolute names
-    stay, and with ``data_dir`` the images found there are the ones named."""
+    names relative to the STAR file are rewritten relative to the new folder, the index part and
+    absolute names stay; names read through ``data_dir`` (project-relative) are kept."""
     from orbitcore.io import read_star
 
     src = tmp_path / "project" / "Extract"
@@ -161,13 +161,19 @@ def test_relocated_table_written_elsewhere_opens_the_same_images(tmp_path):
     read_star(p).write(out / "plain.star")
     with pytest.raises(FileNotFoundError, match="image file"):
         ParticleStack(out / "plain.star")
-    # names that only resolve through data_dir (the base-name fallback)
+    # project-relative names, read through data_dir: kept as written, and the same data_dir opens
+    # the new file (a missing image is still an error)
     star = tmp_path / "moved.star"
-    star.write_text(p.read_text().replace("000002@a.mrcs", "2@Extract/job1/a.mrcs"))
+    star.write_text(p.read_text().replace("000002@a.mrcs", "2@Extract/a.mrcs").replace("1@b.mrcs", "1@Extract/b.mrcs"))
     with pytest.raises(FileNotFoundError):
         read_star(star).relocated(out)
-    read_star(star).relocated(out, data_dir=src).write(out / "via_data_dir.star")
-    np.testing.assert_array_equal(ParticleStack(out / "via_data_dir.star")[0]["image"].numpy(), st["a.mrcs"][1])
+    kept = read_star(star).relocated(out, data_dir=tmp_path / "project")
+    assert kept.particles["rlnImageName"].tolist() == read_star(star).particles["rlnImageName"].tolist()
+    kept.write(out / "via_data_dir.star")
+    again = ParticleStack(out / "via_data_dir.star", data_dir=tmp_path / "project")
+    np.testing.assert_array_equal(again[0]["image"].numpy(), st["a.mrcs"][1])
+    with pytest.raises(FileNotFoundError):
+        read_star(star).relocated(out, data_dir=tmp_path)
     with pytest.raises(TypeError, match="ParticleTable.relocated: directory must be a folder path, got int"):
         read_star(p).relocated(3)
 

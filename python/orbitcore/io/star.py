@@ -203,11 +203,13 @@ class ParticleTable:
         return [out[f] for f in files]
 
     def relocated(self, directory, data_dir=None) -> "ParticleTable":
-        """A copy whose image names resolve from ``directory``: for writing this table's STAR
-        file (new poses, a subset) somewhere other than where it was read. Each relative image
-        file is found as :meth:`resolve_image_files` finds it (against ``data_dir`` or this
-        table's directory) and named relative to ``directory``; absolute names and the
-        ``index@`` part stay as written. Raises ``FileNotFoundError`` if an image file is missing."""
+        """A copy, to be written in ``directory``, that names the same images (for a run's
+        ``poses.star`` next to its other outputs). Without ``data_dir`` relative names are read
+        against this table's own folder (:meth:`resolve_image_files`), so each is rewritten
+        relative to ``directory``. With ``data_dir`` (RELION's project-relative names) they are
+        kept as written: the new file opens with the same ``data_dir``, and from the same RELION
+        project. Absolute names and the ``index@`` part stay. Raises ``FileNotFoundError`` if an
+        image file is missing."""
         import os  # noqa: PLC0415
 
         if not isinstance(directory, (str, os.PathLike)):
@@ -216,15 +218,14 @@ class ParticleTable:
         directory = pathlib.Path(directory).resolve()
         _, files = self.image_refs()
         found = self.resolve_image_files(data_dir)
-        renamed: dict[str, str] = {}
-        for f, hit in zip(files, found):
-            if f not in renamed:
-                renamed[f] = f if pathlib.Path(f).is_absolute() else os.path.relpath(hit.resolve(), directory)
-        names = []
-        for name, f in zip(self.particles["rlnImageName"].tolist(), files):
-            names.append(f"{name.split('@', 1)[0].strip()}@{renamed[f]}" if "@" in name else renamed[f])
         p = self.particles.copy()
-        p["rlnImageName"] = names
+        if data_dir is None:
+            renamed: dict[str, str] = {}
+            for f, hit in zip(files, found):
+                if f not in renamed:
+                    renamed[f] = f if pathlib.Path(f).is_absolute() else os.path.relpath(hit.resolve(), directory)
+            p["rlnImageName"] = [f"{name.split('@', 1)[0].strip()}@{renamed[f]}" if "@" in name else renamed[f]
+                                 for name, f in zip(self.particles["rlnImageName"].tolist(), files)]
         return ParticleTable(p, self.optics, directory / (self.path.name if self.path else "particles.star"),
                              self.version)
 
