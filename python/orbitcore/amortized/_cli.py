@@ -242,7 +242,7 @@ def run_refine(args) -> int:
     px = float(stack.pixel_size[0]) if stack.pixel_size is not None else 1.0
     # the shifts: the encoder's, or with --shift-search the refined ones (model pixels -> the file's)
     table = stack.table.with_poses(res.rotations, res.shifts * scale if args.shift_search > 0 else ev.shifts)
-    table.relocated(out, stack.data_dir).write(out / "poses.star")  # image names that resolve from OUT
+    table.relocated(out, stack.data_dir).write(out / "poses.star")  # image names for a file in OUT
     write_mrc(out / "volume.mrc", res.volume.float().cpu().numpy(), voxel_size=px)
     doc = {"checkpoint": str(args.checkpoint), "particles": str(particles), "rounds": history,
            "encoder_pose_errors": None if ev.pose_errors is None else

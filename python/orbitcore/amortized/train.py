@@ -896,7 +896,7 @@ def evaluate(source, particles=None, *, out_dir=None, star_path=None, volume_pat
     res = EvaluationResult(rotations=pred["rotations"], shifts=shifts, flipped=pred["flipped"], loss=pred["loss"],
                            volume=vol, pixel_size=px, images_per_s=len(stack) / max(pred["seconds"], 1e-9))
     if star_path is not None:
-        table = stack.table.with_poses(pred["rotations"], shifts)  # its image names resolve from star_path's folder
+        table = stack.table.with_poses(pred["rotations"], shifts)  # named for star_path's folder (relocated)
         res.star_path = table.relocated(pathlib.Path(star_path).parent, stack.data_dir).write(star_path)
     if volume_path is not None:
         from ..io import write_mrc  # noqa: PLC0415

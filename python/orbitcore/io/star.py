@@ -20,6 +20,7 @@ everything per particle). Conventions (ARCHITECTURE.md), applied in exactly one 
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import warnings
@@ -210,8 +211,6 @@ class ParticleTable:
         kept as written: the new file opens with the same ``data_dir``, and from the same RELION
         project. Absolute names and the ``index@`` part stay. Raises ``FileNotFoundError`` if an
         image file is missing."""
-        import os  # noqa: PLC0415
-
         if not isinstance(directory, (str, os.PathLike)):
             fail("ParticleTable.relocated", f"directory must be a folder path, got {type(directory).__name__}",
                  TypeError)
