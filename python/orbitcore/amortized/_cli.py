@@ -49,7 +49,8 @@ examples:
 
 EVAL_HELP = """Run a trained encoder over every particle (no training) and write its poses.
 
-Writes OUT/poses.star (the input STAR with the predicted rlnAngleRot/Tilt/Psi and origins),
+Writes OUT/poses.star (the input STAR with the predicted rlnAngleRot/Tilt/Psi and origins; image
+names relative to the input's folder are rewritten relative to OUT, those read with --data-dir kept),
 OUT/volume.mrc and OUT/evaluation.json; with --reference also the FSC after alignment and
 OUT/fsc.png. When the particle file already has poses (e.g. a simulation's ground truth), the
 pose errors against them are reported (median squared Frobenius norm after the best global
