@@ -300,7 +300,7 @@ def test_accumulator_bad_inputs(gen):
         (lambda: acc.update(torch.full((2, 6, 6), float("nan"))), ValueError, "batch must be finite"),
         (lambda: acc.update("x"), TypeError, "batch must be a torch.Tensor"),
         (lambda: acc.result(), ValueError, "no observations were accumulated"),
-        (lambda: oc.MomentAccumulator(0), ValueError, "MomentLayout: size must be >= 1"),
+        (lambda: oc.MomentAccumulator(0), ValueError, "MomentAccumulator: size must be >= 1"),
         (lambda: oc.MomentAccumulator(6, 3), ValueError, "ndim must be 1 .* or 2"),
         (lambda: oc.MomentAccumulator(6, radius=-1), ValueError, "radius must be >= 0"),
         (lambda: oc.MomentAccumulator(6, sigma2=-0.1), ValueError, "sigma2 must be >= 0"),

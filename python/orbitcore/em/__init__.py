@@ -402,6 +402,7 @@ class Statistics:
 def uniform_log_prior(L: int) -> torch.Tensor:
     """``log rho`` uniform over the paper's ``(2L)^2`` shifts: ``(D + 1,)`` (D displacements, then the
     empty state with its ``4L - 1`` shifts)."""
+    L = V.check_int("uniform_log_prior", "L", L, minimum=1)
     D = (2 * L - 1) ** 2
     lp = torch.full((D + 1,), -math.log(4 * L * L), dtype=torch.float64)
     lp[-1] = math.log((4 * L - 1) / (4 * L * L))
@@ -417,9 +418,15 @@ def _check_patches(fn, patches, L):
     return x
 
 
-def _check_theta_prior(fn, op, theta, log_prior):
+def _check_op(fn, op, stats=None):
     if not isinstance(op, EMOperator):
         fail(fn, f"op must be an EMOperator, got {type(op).__name__}", TypeError)
+    if stats is not None and not isinstance(stats, Statistics):
+        fail(fn, f"stats must be the Statistics of e_step, got {type(stats).__name__}", TypeError)
+
+
+def _check_theta_prior(fn, op, theta, log_prior):
+    _check_op(fn, op)
     th, _ = to_tensor(theta, fn, "theta")
     if tuple(th.shape) != (op.M,) or th.is_complex():
         fail(fn, f"theta must be a real vector of shape ({op.M},) (EMOperator.M), got {th.dtype} {tuple(th.shape)}")
@@ -444,6 +451,7 @@ def e_step(op: EMOperator, patches, theta, log_prior, sigma: float, *, posterior
         (float32 with float64 accumulation, or float64).
     """
     fn = "e_step"
+    _check_op(fn, op)
     x = _check_patches(fn, patches, op.L)
     s = V.check_float(fn, "sigma", sigma, positive=True)
     th, lp = _check_theta_prior(fn, op, theta, log_prior)
@@ -461,6 +469,7 @@ def e_step(op: EMOperator, patches, theta, log_prior, sigma: float, *, posterior
 def normal_equations(op: EMOperator, stats: Statistics) -> tuple[torch.Tensor, torch.Tensor]:
     """``A`` (eq. 31/34) and ``y`` (eq. 30/32) in the ``theta`` parametrisation:
     ``A = sum_w J_w^T diag(m_w) J_w``, ``y = sum_w J_w^T h_w`` (float64 ``(M, M)``, ``(M,)``)."""
+    _check_op("normal_equations", op, stats)
     m = op.visibility(stats.shift_weights)  # (K, L^2)
     h = stats.backprojection.reshape(op.K, -1)
     sup = op.support.reshape(-1)
@@ -497,6 +506,7 @@ def m_step(op: EMOperator, stats: Statistics, *, ridge: float = 0.0) -> tuple[to
     exact M-step; a least-squares solution is used if ``A`` is singular). Returns
     ``(theta (M,), log_prior (D + 1,))``."""
     fn = "m_step"
+    _check_op(fn, op, stats)
     ridge = V.check_float(fn, "ridge", ridge, minimum=0.0)
     if stats.n <= 0:
         fail(fn, "the statistics hold no patches (n = 0)")
@@ -658,6 +668,7 @@ def pick_particles(op: EMOperator, patches, theta, log_prior, sigma: float, *, d
     """Algorithm 2: the most probable shift of each patch, ``argmax_l p(l | I_p, x)`` over the
     displacements and the empty state. Returns int64 ``(P, 2)``: the displacement ``(d0, d1)``, or
     ``(L, L)`` for patches judged empty (the layout of :func:`extract_patches`'s ``truth``)."""
+    _check_op("pick_particles", op)
     st = e_step(op, patches, theta, log_prior, sigma, posterior=True, dtype=dtype)
     probs = torch.cat([st.shift_posterior, st.empty_posterior[:, None]], 1)
     best = probs.argmax(1)
@@ -688,11 +699,20 @@ def picking_scores(picked, truth, L: int, support=None) -> dict:
     a patch (true or picked) counts as empty when it shows no pixel of the support (a patch that
     meets only the corners of a disk-supported projection carries no signal and cannot be told
     from an empty one)."""
-    p = torch.as_tensor(picked)
-    t = torch.as_tensor(truth)
+    fn = "picking_scores"
+    L = V.check_int(fn, "L", L, minimum=1)
+    p, t = (to_tensor(v, fn, name)[0] for v, name in ((picked, "picked"), (truth, "truth")))
+    for name, v in (("picked", p), ("truth", t)):
+        if v.dim() != 2 or v.shape[1] != 2 or v.is_complex() or v.is_floating_point():
+            fail(fn, f"{name} must be integer displacements (P, 2) (pick_particles' layout), "
+                     f"got {v.dtype} {tuple(v.shape)}")
+    if p.shape != t.shape:
+        fail(fn, f"picked and truth must have the same shape, got {tuple(p.shape)} and {tuple(t.shape)}")
     extra = {}
     if support is not None:
-        sup = torch.as_tensor(support, dtype=torch.bool)
+        sup = to_tensor(support, fn, "support")[0].to(torch.bool)
+        if tuple(sup.shape) != (L, L):
+            fail(fn, f"support must be an (L, L) = ({L}, {L}) mask, got {tuple(sup.shape)}")
         pe_s, te_s = ~_sees_support(p, L, sup), ~_sees_support(t, L, sup)
         tp_s = int((pe_s & te_s).sum())
         prec_s = tp_s / max(1, int(pe_s.sum()))

@@ -99,7 +99,7 @@ CHECKPOINT_FORMAT = "orbitcore.mom.cryoem/1"
 def default_radius(n: int) -> float:
     """Default frequency disk for working size ``n``: ``(n − 1) // 2`` Fourier pixels (inside the
     image's Nyquist circle, and closed under ``k → −k`` on the grid for odd and even ``n``)."""
-    return float((n - 1) // 2)
+    return float((check_int("default_radius", "n", n, minimum=1) - 1) // 2)
 
 
 def working_images(images, size: int):
@@ -802,6 +802,10 @@ class MoMCryoEM(nn.Module):
 
 def build_model(moments: CryoEMMoments, config: FitConfig | None = None) -> MoMCryoEM:
     """The :class:`MoMCryoEM` of a configuration (networks initialised from ``config.seed``)."""
+    if not isinstance(moments, CryoEMMoments):
+        fail("build_model", f"moments must be CryoEMMoments, got {type(moments).__name__}", TypeError)
+    if config is not None and not isinstance(config, FitConfig):
+        fail("build_model", f"config must be a FitConfig or None, got {type(config).__name__}", TypeError)
     cfg = (config or FitConfig()).validate()
     n = moments.size
     dt = cfg.torch_dtype
@@ -1143,7 +1147,10 @@ def evaluate(result: MoMResult, truth, *, truth_pixel_size: float | None = None,
 def viewing_groups(rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(directions (q1, 3), group (q,))``: the distinct viewing directions ``Q_j e_z`` of a
     rule ``(q, 3, 3)`` (equal to 1e-6) and, for each rotation, the index of its direction."""
-    d = rotations.to(torch.float64)[:, :, 2]
+    R = to_tensor(rotations, "viewing_groups", "rotations")[0]
+    if R.dim() != 3 or tuple(R.shape[1:]) != (3, 3) or R.is_complex() or not R.is_floating_point():
+        fail("viewing_groups", f"rotations must be real (q, 3, 3), got {R.dtype} {tuple(R.shape)}")
+    d = R.to(torch.float64)[:, :, 2]
     uniq, inv = torch.unique(torch.round(d * 1e6), dim=0, return_inverse=True)
     dirs = torch.zeros(uniq.shape[0], 3, dtype=torch.float64).index_copy_(0, inv, d)
     return dirs, inv
@@ -1152,6 +1159,8 @@ def viewing_groups(rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 def direction_density(result: MoMResult) -> tuple[torch.Tensor, torch.Tensor]:
     """``(directions (q1, 3), density (q1,))``: the density on the viewing directions of the
     quadrature (in-plane angles summed), relative to uniform (= 1)."""
+    if not isinstance(result, MoMResult):
+        fail("direction_density", f"result must be the MoMResult of fit, got {type(result).__name__}", TypeError)
     dirs, inv = viewing_groups(result.rotations)
     q1 = dirs.shape[0]
     dens = torch.zeros(q1, dtype=torch.float64).index_add_(0, inv, result.weights()) * q1

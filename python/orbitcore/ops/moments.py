@@ -66,6 +66,15 @@ _SIGMA2_MODES = ("corners", "high_frequency")
 # ------------------------------------------------------------------------------------------------
 # Which frequencies, in which order, and their real basis
 # ------------------------------------------------------------------------------------------------
+def _layout_args(fn: str, size, ndim, radius) -> tuple[int, int, float | None]:
+    """The checked ``(size, ndim, radius)`` of a :class:`MomentLayout`, errors naming ``fn``."""
+    n = check_int(fn, "size", size, minimum=1)
+    ndim = check_int(fn, "ndim", ndim)
+    if ndim not in (1, 2):
+        fail(fn, f"ndim must be 1 (signals) or 2 (images), got {ndim}")
+    return n, ndim, check_float(fn, "radius", radius, minimum=0.0, allow_none=True)
+
+
 class MomentLayout:
     """The frequencies that enter the moments, their order, and their real half-spectrum basis.
 
@@ -91,11 +100,7 @@ class MomentLayout:
 
     def __init__(self, size: int, ndim: int = 2, radius: float | None = None):
         fn = "MomentLayout"
-        n = check_int(fn, "size", size, minimum=1)
-        ndim = check_int(fn, "ndim", ndim)
-        if ndim not in (1, 2):
-            fail(fn, f"ndim must be 1 (signals) or 2 (images), got {ndim}")
-        r = check_float(fn, "radius", radius, minimum=0.0, allow_none=True)
+        n, ndim, r = _layout_args(fn, size, ndim, radius)
         self.size, self.ndim, self.radius = n, ndim, r
         c = n // 2
         k1 = np.arange(n, dtype=np.int64) - c
@@ -252,7 +257,7 @@ class MomentAccumulator:
                  noise_radius: float | None = None, dtype: torch.dtype = torch.float64,
                  device: str | torch.device = "cpu"):
         fn = "MomentAccumulator"
-        self.layout = MomentLayout(size, ndim, radius)
+        self.layout = MomentLayout(*_layout_args(fn, size, ndim, radius))
         if dtype not in (torch.float32, torch.float64):
             fail(fn, f"dtype must be torch.float32 or torch.float64, got {dtype}", TypeError)
         self.dtype = dtype
