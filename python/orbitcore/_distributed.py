@@ -63,6 +63,8 @@ def init_from_env(device: str | None = None) -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     cuda = device is not None and torch.device(device).type == "cuda"
+    if cuda and torch.device(device).index is not None:
+        torch.cuda.set_device(torch.device(device))  # nccl's barrier runs on this process's own GPU
     _dist().init_process_group("nccl" if cuda else "gloo")
     return True
 
@@ -72,8 +74,12 @@ def leave() -> None:
     process closes its connections (rank 0 also hosts the rendezvous store) while another is
     still inside a collective, then ``destroy_process_group``."""
     if is_initialized():
-        _dist().barrier()
-        _dist().destroy_process_group()
+        dist = _dist()
+        if dist.get_backend() == "nccl":  # without device_ids nccl would guess a GPU for the barrier
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def local_device(device: str | None) -> str | None:
