@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import pathlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -162,3 +164,10 @@ def check_float(fn: str, name: str, v: Any, minimum: float | None = None, positi
     if minimum is not None and v < minimum:
         fail(fn, f"{name} must be >= {minimum}, got {v}")
     return v
+
+
+def check_path(fn: str, name: str, v: Any, what: str = "file") -> pathlib.Path:
+    """A ``str`` or ``os.PathLike`` path as a :class:`pathlib.Path` (``what``: "file" or "folder")."""
+    if not isinstance(v, (str, os.PathLike)):
+        fail(fn, f"{name} must be a {what} path (str or os.PathLike), got {type(v).__name__}", TypeError)
+    return pathlib.Path(v)

@@ -234,6 +234,14 @@ def form_images(slices: torch.Tensor, ctf: torch.Tensor | None = None, shifts: t
     """Eq. 8: ``X̂ = T̂_t ⊙ C ⊙ S`` for slices ``(B, n, n)`` (complex), CTF values ``(B, n, n)``
     (real, centred grid) and shifts ``(B, 2)`` in pixels (eq. 9: ``T̂_t(k) = exp(-2πi k·t/n)``,
     content moves by ``+t``)."""
+    fn = "form_images"
+    if not isinstance(slices, torch.Tensor):
+        fail(fn, f"slices must be a complex torch.Tensor (B, n, n), got {type(slices).__name__}", TypeError)
+    if not slices.is_complex() or slices.dim() < 2 or slices.shape[-1] != slices.shape[-2]:
+        fail(fn, f"slices must be complex (B, n, n), got {slices.dtype} {tuple(slices.shape)}")
+    for name, v in (("ctf", ctf), ("shifts", shifts)):
+        if v is not None and not isinstance(v, torch.Tensor):
+            fail(fn, f"{name} must be a torch.Tensor or None, got {type(v).__name__}", TypeError)
     X = slices
     if ctf is not None:
         X = X * ctf

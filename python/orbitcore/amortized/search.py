@@ -90,10 +90,8 @@ def _stencil(step_deg: float, dtype) -> torch.Tensor:
     return R.to(dtype)
 
 
-def _inputs(fn: str, volume, images, ctf, shifts, radius):
-    """The checked map, images, CTF values, shifts and radius shared by :func:`search_poses` and
-    :func:`refine_shifts`: ``(vol (D, D, D), img (N, D, D), C (N, D, D) | None, t (N, 2) | None,
-    radius)``, all in the map's dtype."""
+def _volume_images(fn: str, volume, images) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checked map ``(D, D, D)`` and images ``(N, D, D)`` (real, finite, as given)."""
     vol, _ = to_tensor(volume, fn, "volume")
     if vol.dim() != 3 or len(set(vol.shape)) != 1 or vol.is_complex() or not vol.is_floating_point():
         fail(fn, f"volume must be a real (D, D, D) tensor, got {vol.dtype} {tuple(vol.shape)}")
@@ -105,7 +103,15 @@ def _inputs(fn: str, volume, images, ctf, shifts, radius):
         fail(fn, f"images must be real (N, {D}, {D}) with N >= 1 (the volume is {D}³), "
                  f"got {img.dtype} {tuple(img.shape)}")
     check_finite(fn, "images", img)
-    N = img.shape[0]
+    return vol, img
+
+
+def _inputs(fn: str, volume, images, ctf, shifts, radius):
+    """The checked map, images, CTF values, shifts and radius shared by :func:`search_poses` and
+    :func:`refine_shifts`: ``(vol (D, D, D), img (N, D, D), C (N, D, D) | None, t (N, 2) | None,
+    radius)``, all in the map's dtype."""
+    vol, img = _volume_images(fn, volume, images)
+    D, N = vol.shape[-1], img.shape[0]
     radius = D / 2 - 1 if radius is None else check_float(fn, "radius", radius, positive=True)
     if radius > D / 2 - 1:
         fail(fn, f"radius must be at most D/2 - 1 = {D / 2 - 1:g} Fourier pixels (where the images are exactly "
@@ -367,10 +373,9 @@ def refine_poses(volume, images, *, ctf=None, shifts=None, rounds: int = 3, step
     from ..metrics import rotation_angle  # noqa: PLC0415
     from ..physics import backproject  # noqa: PLC0415
 
-    vol, _ = to_tensor(volume, fn, "volume")
-    img, _ = to_tensor(images, fn, "images")
+    vol, img = _volume_images(fn, volume, images)
     img = img.to(vol.dtype)
-    t = None if shifts is None else torch.as_tensor(shifts).to(vol.dtype)
+    t = None if shifts is None else _real(fn, "shifts", shifts, (img.shape[0], 2), vol.dtype, "real pixels")
     prior = t  # the centres of the shift windows stay the input shifts
     R, history, done = None, [], 0
     if checkpoint is not None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from .._schedule import check_step_drop, step_drop_factor
-from .._validate import check_float, check_int, fail
+from .._validate import check_float, check_int, check_path, fail
 from .model import AmortizedModel, ModelConfig
 
 __all__ = ["TrainConfig", "Trainer", "loss_radius", "recalibrate_statistics", "EvaluationResult", "evaluate", "predict_poses", "load_checkpoint",
@@ -218,12 +219,15 @@ def _collate(items: list[dict]) -> dict:
 
 
 def _open_stack(fn: str, particles, *, data_dir=None, size=None, normalize="rms"):
-    from ..io import ParticleStack  # noqa: PLC0415
+    from ..io import ParticleStack, ParticleTable  # noqa: PLC0415
 
     if isinstance(particles, ParticleStack):
         return particles
-    if particles is None:
-        fail(fn, "particles must be a STAR/.cs path or a ParticleStack, got None")
+    if not isinstance(particles, (str, os.PathLike, ParticleTable)):
+        fail(fn, "particles must be a STAR/.cs path, a ParticleTable or a ParticleStack, got "
+                 f"{type(particles).__name__}", TypeError)
+    if not isinstance(particles, ParticleTable) and not pathlib.Path(particles).is_file():
+        fail(fn, f"particles: {particles}: no such file", FileNotFoundError)
     return ParticleStack(particles, data_dir=data_dir, size=size, normalize=normalize)
 
 
@@ -617,7 +621,7 @@ class Trainer:
         shortens) the run; ``num_workers`` may change (it does not affect the results);
         ``device`` and ``distributed`` as in :class:`Trainer` (a data-parallel run continues
         exactly with the same number of processes)."""
-        state = load_checkpoint(checkpoint)
+        state = _load_checkpoint("Trainer.resume", checkpoint)
         d = state["data"]
         cfg = dict(state["train_config"])
         if steps is not None:
@@ -645,8 +649,11 @@ class Trainer:
 def load_checkpoint(path) -> dict:
     """Read a checkpoint written by :meth:`Trainer.save_checkpoint` (clear errors for missing,
     truncated or foreign files)."""
-    fn = "load_checkpoint"
-    p = pathlib.Path(path)
+    return _load_checkpoint("load_checkpoint", path)
+
+
+def _load_checkpoint(fn: str, path) -> dict:
+    p = check_path(fn, "path", path)
     if not p.is_file():
         fail(fn, f"{p}: no such checkpoint file", FileNotFoundError)
     try:
@@ -660,7 +667,11 @@ def load_checkpoint(path) -> dict:
 
 def model_from_checkpoint(path) -> tuple[AmortizedModel, dict]:
     """The trained model (eval mode) and the checkpoint's state dict."""
-    state = load_checkpoint(path)
+    return _model_from_checkpoint("model_from_checkpoint", path)
+
+
+def _model_from_checkpoint(fn: str, path) -> tuple[AmortizedModel, dict]:
+    state = _load_checkpoint(fn, path)
     model = AmortizedModel(ModelConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
     model.eval()
@@ -670,6 +681,15 @@ def model_from_checkpoint(path) -> tuple[AmortizedModel, dict]:
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------
+def _check_model_stack(fn: str, model, stack) -> None:
+    from ..io import ParticleStack  # noqa: PLC0415
+
+    if not isinstance(model, AmortizedModel):
+        fail(fn, f"model must be an AmortizedModel, got {type(model).__name__}", TypeError)
+    if not isinstance(stack, ParticleStack):
+        fail(fn, f"stack must be a ParticleStack, got {type(stack).__name__}", TypeError)
+
+
 @torch.no_grad()
 def recalibrate_statistics(model: AmortizedModel, stack, *, batch_size: int = 256) -> AmortizedModel:
     """Re-estimate the encoder's normalisation statistics (batch normalisation and the
@@ -684,6 +704,7 @@ def recalibrate_statistics(model: AmortizedModel, stack, *, batch_size: int = 25
     from ..nn.encoders import BatchWhitening  # noqa: PLC0415
 
     fn = "recalibrate_statistics"
+    _check_model_stack(fn, model, stack)
     batch_size = check_int(fn, "batch_size", batch_size, minimum=2)
     if stack.size != model.n:
         fail(fn, f"the stack's images are {stack.size}x{stack.size}, the model expects {model.n}x{model.n}")
@@ -728,6 +749,7 @@ def predict_poses(model: AmortizedModel, stack, *, batch_size: int = 256, use_ct
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     fn = "predict_poses"
+    _check_model_stack(fn, model, stack)
     batch_size = check_int(fn, "batch_size", batch_size, minimum=1)
     if stack.size != model.n:
         fail(fn, f"the stack's images are {stack.size}x{stack.size}, the model expects {model.n}x{model.n}")
@@ -865,8 +887,8 @@ def evaluate(source, particles=None, *, out_dir=None, star_path=None, volume_pat
         norm = (source.stack.mean, source.stack.std)
         use_ctf = source.config.use_ctf
         default = source.stack
-    elif isinstance(source, (str, pathlib.Path)):
-        model, state = model_from_checkpoint(source)
+    elif isinstance(source, (str, os.PathLike)):
+        model, state = _model_from_checkpoint(fn, source)
         model.to(_resolve_device(fn, device, model))
         d = state["data"]
         norm = (d["mean"], d["std"])

@@ -9,15 +9,16 @@ row order.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
 import torch
 
 from .. import fourier
-from .._validate import check_int, fail
+from .._validate import check_int, check_path, fail
 from .mrc import MRCStack
-from .star import ParticleTable, read_cryosparc, read_star
+from .star import ParticleTable, _read_cryosparc, _read_star
 
 __all__ = ["ParticleStack"]
 
@@ -56,11 +57,13 @@ class ParticleStack(torch.utils.data.Dataset):
         fn = "ParticleStack"
         if isinstance(particles, ParticleTable):
             table = particles
-        elif isinstance(particles, (str, pathlib.Path)):
+        elif isinstance(particles, (str, os.PathLike)):
             p = pathlib.Path(particles)
-            table = read_cryosparc(p) if p.suffix.lower() == ".cs" else read_star(p)
+            table = _read_cryosparc(fn, p, None) if p.suffix.lower() == ".cs" else _read_star(fn, p)
         else:
             fail(fn, f"particles must be a STAR/.cs path or a ParticleTable, got {type(particles).__name__}", TypeError)
+        if data_dir is not None:
+            check_path(fn, "data_dir", data_dir, "folder")
         if len(table) == 0:
             fail(fn, f"{table.path}: the particle table is empty")
         self.table = table
@@ -69,7 +72,7 @@ class ParticleStack(torch.utils.data.Dataset):
         idx, names = table.image_refs()
         paths = table.resolve_image_files(data_dir)
         uniq = list(dict.fromkeys(paths))
-        self._stacks = [MRCStack(p) for p in uniq]
+        self._stacks = [MRCStack(p, _fn=fn) for p in uniq]
         pos = {p: i for i, p in enumerate(uniq)}
         self._file = np.array([pos[p] for p in paths], dtype=np.int64)
         self._idx = idx

@@ -24,7 +24,7 @@ import mrcfile
 import mrcfile.utils
 import numpy as np
 
-from .._validate import OrbitcoreWarning, fail, from_tensor, to_tensor
+from .._validate import OrbitcoreWarning, check_path, fail, from_tensor, to_tensor
 
 __all__ = ["read_mrc", "write_mrc", "atomic_path", "open_stack", "mrc_info", "MRCInfo", "MRCStack",
            "MRCStackWriter"]
@@ -38,7 +38,9 @@ class atomic_path:  # noqa: N801 - used as a context manager
     on error it is removed."""
 
     def __init__(self, path, suffix: str | None = None):
-        self.path = pathlib.Path(path)
+        self.path = check_path("atomic_path", "path", path)
+        if suffix is not None and not isinstance(suffix, str):
+            fail("atomic_path", f"suffix must be a str or None, got {type(suffix).__name__}", TypeError)
         self.suffix = suffix if suffix is not None else self.path.suffix
 
     def __enter__(self) -> pathlib.Path:
@@ -88,7 +90,7 @@ class MRCInfo:
 def mrc_info(path, *, fn: str = "mrc_info", warn: bool = True) -> MRCInfo:
     """Read and check an MRC header; raise ``ValueError`` for corrupt, truncated or
     unsupported files, warn (:class:`OrbitcoreWarning`) for non-standard ones."""
-    path = pathlib.Path(path)
+    path = check_path(fn, "path", path)
     if not path.is_file():
         fail(fn, f"{path}: no such file", FileNotFoundError)
     size = path.stat().st_size
@@ -170,8 +172,8 @@ class MRCStack:
     pickled, so stacks can be handed to DataLoader workers.
     """
 
-    def __init__(self, path, *, dtype=np.float32):
-        self.info = mrc_info(path, fn="open_stack")
+    def __init__(self, path, *, dtype=np.float32, _fn: str = "MRCStack"):
+        self.info = mrc_info(path, fn=_fn)
         self.path = self.info.path
         self.dtype = dtype
         self._mm = None
@@ -229,7 +231,7 @@ class MRCStack:
 
 def open_stack(path, *, dtype=np.float32) -> MRCStack:
     """Open an MRC/MRCS file for lazy reading (:class:`MRCStack`); the header is checked now."""
-    return MRCStack(path, dtype=dtype)
+    return MRCStack(path, dtype=dtype, _fn="open_stack")
 
 
 def _array_arg(fn: str, data) -> np.ndarray:
@@ -262,7 +264,7 @@ def write_mrc(path, data, voxel_size: float | None = 1.0, *, overwrite: bool = T
     arr = np.ascontiguousarray(_array_arg(fn, data), dtype=_out_dtype(fn, dtype))
     if not np.isfinite(arr).all():
         fail(fn, "data must be finite (NaN or inf found)")
-    path = pathlib.Path(path)
+    path = check_path(fn, "path", path)
     if path.exists() and not overwrite:
         fail(fn, f"{path} exists (pass overwrite=True)", FileExistsError)
     if voxel_size is not None and (not np.isfinite(voxel_size) or voxel_size < 0):
@@ -295,7 +297,7 @@ class MRCStackWriter:
         fn = "MRCStackWriter"
         from .._validate import check_int  # noqa: PLC0415
 
-        self.path = pathlib.Path(path)
+        self.path = check_path(fn, "path", path)
         self.n = check_int(fn, "n_images", n_images, minimum=1)
         self.box = check_int(fn, "box", box, minimum=1)
         self.dtype = _out_dtype(fn, dtype)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._validate import OrbitcoreWarning, fail, to_tensor
+from .._validate import OrbitcoreWarning, check_path, fail, to_tensor
 from .mrc import atomic_path
 
 __all__ = ["ParticleTable", "read_star", "write_star", "read_cryosparc", "parse_image_name"]
@@ -302,8 +302,12 @@ def read_star(path) -> ParticleTable:
     ``rlnImageName`` column. Raises a ``ValueError`` naming the file and the problem for
     malformed files, unknown optics groups or missing blocks.
     """
-    fn = "read_star"
-    path = pathlib.Path(path)
+    return _read_star("read_star", path)
+
+
+def _read_star(fn: str, path) -> ParticleTable:
+    """:func:`read_star`, errors naming ``fn``."""
+    path = check_path(fn, "path", path)
     blocks = _read_blocks(fn, path)
     names = list(blocks)
     if "optics" in blocks and "particles" in blocks:
@@ -360,8 +364,14 @@ def read_cryosparc(path, *, stack_dir=None) -> ParticleTable:
     ``blob/shape`` → ``rlnImageSize``. Poses (``alignments3D/*``) are not interpreted (their
     convention is not verified here): a warning says so when they are present.
     """
-    fn = "read_cryosparc"
-    path = pathlib.Path(path)
+    return _read_cryosparc("read_cryosparc", path, stack_dir)
+
+
+def _read_cryosparc(fn: str, path, stack_dir) -> ParticleTable:
+    """:func:`read_cryosparc`, errors naming ``fn``."""
+    path = check_path(fn, "path", path)
+    if stack_dir is not None:
+        stack_dir = check_path(fn, "stack_dir", stack_dir, "folder")
     if not path.is_file():
         fail(fn, f"{path}: no such file", FileNotFoundError)
     try:
@@ -379,7 +389,7 @@ def read_cryosparc(path, *, stack_dir=None) -> ParticleTable:
     paths = [p.decode() if isinstance(p, bytes) else str(p) for p in arr["blob/path"]]
     paths = [p.lstrip(">") for p in paths]  # cryoSPARC marks project-relative paths with '>'
     if stack_dir is not None:
-        paths = [str(pathlib.Path(stack_dir) / pathlib.Path(p).name) for p in paths]
+        paths = [str(stack_dir / pathlib.Path(p).name) for p in paths]
     d["rlnImageName"] = [f"{int(i) + 1:06d}@{p}" for i, p in zip(arr["blob/idx"], paths)]
     conv = {
         "ctf/df1_A": ("rlnDefocusU", 1.0), "ctf/df2_A": ("rlnDefocusV", 1.0),
@@ -395,7 +405,7 @@ def read_cryosparc(path, *, stack_dir=None) -> ParticleTable:
         d["rlnImageSize"] = arr["blob/shape"][:, 0].astype(np.int64)
     if any(n.startswith("alignments3D/") for n in names):
         warnings.warn(f"{path}: alignments3D (poses) present but not read (cryoSPARC pose convention not "
-                      "verified in orbitcore)", OrbitcoreWarning, stacklevel=2)
+                      "verified in orbitcore)", OrbitcoreWarning, stacklevel=3)
     return ParticleTable(pd.DataFrame(d), None, path, "3.1")
 
 
@@ -452,7 +462,7 @@ def write_star(path, table: ParticleTable, *, version: str | None = None, float_
         p["rlnDetectorPixelSize"] = px
         p["rlnMagnification"] = 10000.0
         data = {"particles": p}
-    path = pathlib.Path(path)
+    path = check_path(fn, "path", path)
     with atomic_path(path, suffix=".star") as tmp:
         starfile.write(data, tmp, float_format=float_format, overwrite=True)
     return path
@@ -467,10 +477,20 @@ def make_particle_table(image_names, *, rotations=None, shifts=None, ctf=None, p
     from ..geometry import matrix_to_relion_euler  # noqa: PLC0415
 
     fn = "make_particle_table"
+    if isinstance(image_names, (str, bytes)) or not hasattr(image_names, "__iter__"):
+        fail(fn, f"image_names must be a sequence of 'index@file' strings, got {type(image_names).__name__}",
+             TypeError)
     names = list(image_names)
+    bad = [type(n).__name__ for n in names if not isinstance(n, str)]
+    if bad:
+        fail(fn, f"image_names must be 'index@file' strings, got an element of type {bad[0]}", TypeError)
     N = len(names)
     d: dict[str, object] = {"rlnImageName": names}
     if ctf is not None:
+        from ..physics.ctf import CTFParams  # noqa: PLC0415
+
+        if not isinstance(ctf, CTFParams):
+            fail(fn, f"ctf must be a CTFParams or None, got {type(ctf).__name__}", TypeError)
         if len(ctf) != N:
             fail(fn, f"ctf must have {N} entries (one per image), got {len(ctf)}")
         c = {k: v.detach().cpu().to(torch.float64).numpy() for k, v in ctf.as_dict().items()}
