@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import check_int, fail, from_tensor, to_tensor
+from ._validate import check_float, check_int, fail, from_tensor, to_tensor
 
 __all__ = [
     "fftc", "ifftc", "fft1c", "ifft1c", "fft2c", "ifft2c", "fft3c", "ifft3c",
@@ -25,91 +25,101 @@ __all__ = [
 
 def _dims(fn: str, x: torch.Tensor, ndim: int) -> tuple[int, ...]:
     if x.dim() < ndim:
-        fail(fn, f"input must have at least {ndim} dimensions, got shape {tuple(x.shape)}")
+        fail(fn, f"x must have at least {ndim} dimensions, got shape {tuple(x.shape)}")
     return tuple(range(-ndim, 0))
+
+
+def _fftc(fn: str, x, ndim: int, inverse: bool):
+    """:func:`fftc` (or :func:`ifftc` if ``inverse``), errors naming ``fn``."""
+    t, kind = to_tensor(x, fn, "x")
+    d = _dims(fn, t, check_int(fn, "ndim", ndim, minimum=1))
+    f = torch.fft.ifftn if inverse else torch.fft.fftn
+    out = torch.fft.fftshift(f(torch.fft.ifftshift(t, dim=d), dim=d), dim=d)
+    return from_tensor(out, kind)
 
 
 def fftc(x, ndim: int):
     """Centred, unnormalised forward FFT over the last ``ndim`` axes."""
-    t, kind = to_tensor(x, "fftc", "x")
-    d = _dims("fftc", t, ndim)
-    out = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(t, dim=d), dim=d), dim=d)
-    return from_tensor(out, kind)
+    return _fftc("fftc", x, ndim, False)
 
 
 def ifftc(x, ndim: int):
     """Exact inverse of :func:`fftc` (normalised by the number of points)."""
-    t, kind = to_tensor(x, "ifftc", "x")
-    d = _dims("ifftc", t, ndim)
-    out = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(t, dim=d), dim=d), dim=d)
-    return from_tensor(out, kind)
+    return _fftc("ifftc", x, ndim, True)
 
 
 def fft1c(x):
     """Centred FFT of signals ``(..., n)``."""
-    return fftc(x, 1)
+    return _fftc("fft1c", x, 1, False)
 
 
 def ifft1c(x):
-    return ifftc(x, 1)
+    return _fftc("ifft1c", x, 1, True)
 
 
 def fft2c(x):
     """Centred FFT of images ``(..., n, n)`` indexed ``[y, x]``."""
-    return fftc(x, 2)
+    return _fftc("fft2c", x, 2, False)
 
 
 def ifft2c(x):
-    return ifftc(x, 2)
+    return _fftc("ifft2c", x, 2, True)
 
 
 def fft3c(x):
     """Centred FFT of volumes ``(..., D, D, D)`` indexed ``[z, y, x]``."""
-    return fftc(x, 3)
+    return _fftc("fft3c", x, 3, False)
 
 
 def ifft3c(x):
-    return ifftc(x, 3)
+    return _fftc("ifft3c", x, 3, True)
+
+
+def _frequencies(fn: str, n, pixel_size, dtype, device) -> torch.Tensor:
+    """:func:`frequencies`, errors naming ``fn``."""
+    n = check_int(fn, "n", n, minimum=1)
+    pixel_size = check_float(fn, "pixel_size", pixel_size, allow_none=True)
+    if pixel_size is not None and pixel_size <= 0:
+        fail(fn, f"pixel_size must be > 0 (Å), got {pixel_size}")
+    k = torch.arange(n, dtype=dtype, device=device) - (n // 2)
+    if pixel_size is not None:
+        k = k / (n * pixel_size)
+    return k
 
 
 def frequencies(n: int, pixel_size: float | None = None, *, dtype=torch.float64, device=None) -> torch.Tensor:
     """Centred frequencies of a length-``n`` axis: integers ``i - n // 2`` (pixel_size None) or
     ``(i - n // 2) / (n * pixel_size)`` in 1/Å."""
-    n = check_int("frequencies", "n", n, minimum=1)
-    k = torch.arange(n, dtype=dtype, device=device) - (n // 2)
-    if pixel_size is not None:
-        if pixel_size <= 0:
-            fail("frequencies", f"pixel_size must be > 0 (Å), got {pixel_size}")
-        k = k / (n * float(pixel_size))
-    return k
+    return _frequencies("frequencies", n, pixel_size, dtype, device)
+
+
+def _grid(fn: str, n, ndim: int, pixel_size, dtype, device) -> torch.Tensor:
+    """The ``(n,) * ndim + (ndim,)`` grid of ``(kx, ky[, kz])``, errors naming ``fn``."""
+    k = _frequencies(fn, n, pixel_size, dtype, device)
+    axes = torch.meshgrid(*(k,) * ndim, indexing="ij")  # ([kz,] ky, kx) at index [[iz,] iy, ix]
+    return torch.stack(axes[::-1], dim=-1)
 
 
 def frequency_grid_2d(n: int, pixel_size: float | None = None, *, dtype=torch.float64, device=None) -> torch.Tensor:
     """``(n, n, 2)`` grid of ``(kx, ky)`` at index ``[iy, ix]`` (integers, or 1/Å with pixel_size)."""
-    k = frequencies(n, pixel_size, dtype=dtype, device=device)
-    ky, kx = torch.meshgrid(k, k, indexing="ij")
-    return torch.stack((kx, ky), dim=-1)
+    return _grid("frequency_grid_2d", n, 2, pixel_size, dtype, device)
 
 
 def frequency_grid_3d(n: int, pixel_size: float | None = None, *, dtype=torch.float64, device=None) -> torch.Tensor:
     """``(n, n, n, 3)`` grid of ``(kx, ky, kz)`` at index ``[iz, iy, ix]``."""
-    k = frequencies(n, pixel_size, dtype=dtype, device=device)
-    kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
-    return torch.stack((kx, ky, kz), dim=-1)
+    return _grid("frequency_grid_3d", n, 3, pixel_size, dtype, device)
 
 
 def radial_frequency(n: int, ndim: int = 2, pixel_size: float | None = None, *, dtype=torch.float64,
                      device=None) -> torch.Tensor:
     """``|k|`` on the centred grid of side ``n`` in ``ndim`` dimensions."""
-    if ndim == 2:
-        g = frequency_grid_2d(n, pixel_size, dtype=dtype, device=device)
-    elif ndim == 3:
-        g = frequency_grid_3d(n, pixel_size, dtype=dtype, device=device)
-    elif ndim == 1:
-        return frequencies(n, pixel_size, dtype=dtype, device=device).abs()
-    else:
-        fail("radial_frequency", f"ndim must be 1, 2 or 3, got {ndim}")
-    return g.norm(dim=-1)
+    fn = "radial_frequency"
+    ndim = check_int(fn, "ndim", ndim)
+    if ndim not in (1, 2, 3):
+        fail(fn, f"ndim must be 1, 2 or 3, got {ndim}")
+    if ndim == 1:
+        return _frequencies(fn, n, pixel_size, dtype, device).abs()
+    return _grid(fn, n, ndim, pixel_size, dtype, device).norm(dim=-1)
 
 
 def _crop_slices(n: int, m: int) -> slice:
@@ -155,6 +165,9 @@ def downsample(x, m: int, ndim: int = 2):
     t, kind = to_tensor(x, fn, "x")
     if t.is_complex():
         fail(fn, "x must be real images or volumes (real space), got a complex array", TypeError)
+    ndim = check_int(fn, "ndim", ndim, minimum=1)
+    if t.dim() < ndim or len(set(t.shape[-ndim:])) != 1:
+        fail(fn, f"x must have {ndim} equal last axes (..., n{', n' * (ndim - 1)}), got {tuple(t.shape)}")
     n = t.shape[-1]
     m = check_int(fn, "m", m, minimum=1)
     if m > n:

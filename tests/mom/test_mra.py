@@ -484,8 +484,8 @@ def test_bad_inputs_give_clear_errors():
     bad_rho = rho.clone()
     bad_rho[0] += 0.5
     cases = [
-        (lambda: mra.random_signals(1, 2), ValueError, r"gaussian_mixture: n must be >= 2, got 1"),
-        (lambda: mra.random_signals(8, 0), ValueError, r"gaussian_mixture: k must be >= 1, got 0"),
+        (lambda: mra.random_signals(1, 2), ValueError, r"random_signals: n must be >= 2, got 1"),
+        (lambda: mra.random_signals(8, 0), ValueError, r"random_signals: k must be >= 1, got 0"),
         (lambda: mra.gaussian_mixture(8, 1, widths=(0.1, 0.3)), ValueError, r"widths must be <= 0.15"),
         (lambda: mra.random_instances(8, 1, generator="seed"), TypeError,
          r"random_instances: generator must be a torch.Generator, an integer seed or None, got str"),

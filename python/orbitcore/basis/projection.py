@@ -158,7 +158,9 @@ class Projector:
             complex128 ``(..., K, M_pswf)``; entries with ``|N| > ell_max`` are 0. Linear in ``x``
             (autograd works through it).
         """
-        fn = "Projector.coefficients"
+        return self._coefficients("Projector.coefficients", x, rotations, wigner)
+
+    def _coefficients(self, fn, x, rotations, wigner):
         t, kind = self._x_arg(fn, x)
         D, K = self._wigner_arg(fn, rotations, wigner)
         vb = self.volume_basis
@@ -185,8 +187,11 @@ class Projector:
     def images(self, x, rotations=None, *, wigner=None, dtype=torch.float64):
         """Projection images ``(..., K, L, L)`` (real part of the PSWF evaluation of
         :meth:`coefficients`; exactly real for real volumes) on the pixel grid, 0 outside the disk."""
-        b = self.coefficients(x, rotations, wigner=wigner)
-        bt, kind = to_tensor(b, "Projector.images", "b")
+        return self._images("Projector.images", x, rotations, wigner, dtype)
+
+    def _images(self, fn, x, rotations, wigner, dtype):
+        b = self._coefficients(fn, x, rotations, wigner)
+        bt, kind = to_tensor(b, fn, "b")
         a = self.pswf.to_real(bt).real.to(dtype)
         return from_tensor(self.pswf.evaluate(a), kind)
 
@@ -231,17 +236,20 @@ class Projector:
 def project_coefficients(x, rotations, basis: VolumeBasis, pswf: PSWF2D | None = None):
     """PSWF coefficients ``b_{N,n}(R)`` of the projections of ``x`` (seeds/002 eq. 14–16); see
     :class:`Projector` (which caches ``beta``; build one when projecting repeatedly)."""
-    return _projector(basis, pswf).coefficients(x, rotations)
+    fn = "project_coefficients"
+    return _projector(fn, basis, pswf)._coefficients(fn, x, rotations, None)
 
 
 def project(x, rotations, basis: VolumeBasis, pswf: PSWF2D | None = None):
     """Projection images ``(..., K, L, L)`` of ``x`` through the PSWF expansion (eq. 16)."""
-    return _projector(basis, pswf).images(x, rotations)
+    return _projector("project", basis, pswf)._images("project", x, rotations, None, torch.float64)
 
 
-def _projector(basis, pswf) -> Projector:
+def _projector(fn, basis, pswf) -> Projector:
     if not isinstance(basis, VolumeBasis):
-        fail("project_coefficients", f"basis must be a VolumeBasis, got {type(basis).__name__}", TypeError)
+        fail(fn, f"basis must be a VolumeBasis, got {type(basis).__name__}", TypeError)
+    if pswf is not None and not isinstance(pswf, PSWF2D):
+        fail(fn, f"pswf must be a PSWF2D or None, got {type(pswf).__name__}", TypeError)
     cache = basis._cache.setdefault("projectors", {})
     key = id(pswf) if pswf is not None else None
     if key not in cache:

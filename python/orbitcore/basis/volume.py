@@ -49,12 +49,15 @@ _MAX_DENSE_BYTES = 2 << 30  # memory budget of the least-squares factorisation
 
 def nyquist_radial_counts(L: int, ell_max: int) -> list[int]:
     """``S(ell)`` for ``ell = 0..ell_max``: zeros of ``j_ell`` strictly below ``pi * (L // 2)``."""
+    L = V.check_int("nyquist_radial_counts", "L", L, minimum=1)
+    ell_max = V.check_int("nyquist_radial_counts", "ell_max", ell_max, minimum=0)
     upper = math.pi * (L // 2)
     return [len(spherical_bessel_zeros(ell, upper)) for ell in range(ell_max + 1)]
 
 
 def max_ell(L: int) -> int:
     """The largest ``ell`` with ``S(ell) >= 1`` for side ``L``."""
+    L = V.check_int("max_ell", "L", L, minimum=1)
     upper = math.pi * (L // 2)
     ell = 0
     while spherical_bessel_zeros(ell + 1, upper):

@@ -37,6 +37,13 @@ from .._validate import fail, from_tensor, to_tensor
 __all__ = ["wigner_d", "euler_zyz", "wigner_d_small"]
 
 
+def _real_array(fn: str, name: str, x) -> torch.Tensor:
+    t = to_tensor(x, fn, name)[0]
+    if t.is_complex() or t.dtype == torch.bool:
+        fail(fn, f"{name} must be a real array, got {t.dtype}", TypeError)
+    return t
+
+
 def euler_zyz(rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ZYZ Euler angles ``(a, b, g)`` with ``R = Rz(a) Ry(b) Rz(g)``, ``b`` in [0, pi] (float64).
 
@@ -44,7 +51,10 @@ def euler_zyz(rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     [0, 1, 0], [-sin t, 0, cos t]]`` (active, column vectors). At ``b = 0`` or ``pi`` only ``a + g``
     or ``a - g`` is defined; the split is arbitrary but the Wigner matrices do not depend on it.
     """
-    R = rotations.to(torch.float64)
+    R = _real_array("euler_zyz", "rotations", rotations)
+    if R.dim() < 2 or tuple(R.shape[-2:]) != (3, 3):
+        fail("euler_zyz", f"rotations must have shape (..., 3, 3), got {tuple(R.shape)}")
+    R = R.to(torch.float64)
     r = lambda i, j: R[..., i, j] + 0.0  # noqa: E731  (+0.0 turns -0.0 into +0.0 for atan2)
     sb = 0.5 * (torch.hypot(r(0, 2), r(1, 2)) + torch.hypot(r(2, 0), r(2, 1)))
     b = torch.atan2(sb, r(2, 2))
@@ -108,7 +118,8 @@ def _pair_tables(ell_max: int):
 def wigner_d_small(ell_max: int, beta: torch.Tensor) -> list[torch.Tensor]:
     """Real ``d^ell_{m', m}(beta)`` for ``ell = 0..ell_max``: list of float64 ``(B, 2 ell + 1, 2 ell + 1)``
     indexed ``[b, m' + ell, m + ell]``."""
-    beta = beta.to(torch.float64).reshape(-1)
+    ell_max = V.check_int("wigner_d_small", "ell_max", ell_max, minimum=0)
+    beta = _real_array("wigner_d_small", "beta", beta).to(torch.float64).reshape(-1)
     M, a, b, sign, norm, places = _pair_tables(ell_max)
     dev = beta.device
     M, a, b, sign, norm = (t.to(dev) for t in (M, a, b, sign, norm))

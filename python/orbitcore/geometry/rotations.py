@@ -162,7 +162,7 @@ def axis_angle_to_matrix(axis, angle):
     fn = "axis_angle_to_matrix"
     u, kind = _float(fn, "axis", axis)
     th, _ = _float(fn, "angle", angle)
-    if u.shape[-1] != 3:
+    if u.dim() < 1 or u.shape[-1] != 3:
         fail(fn, f"axis must have shape (..., 3), got {tuple(u.shape)}")
     u = torch.nn.functional.normalize(u, dim=-1)
     th = th.to(u.dtype)
@@ -174,6 +174,8 @@ def axis_angle_to_matrix(axis, angle):
 def viewing_direction(R):
     """Viewing direction ``R @ e_z`` (the third column), ``(..., 3)``."""
     t, kind = _float("viewing_direction", "R", R)
+    if t.dim() < 2 or tuple(t.shape[-2:]) != (3, 3):
+        fail("viewing_direction", f"R must have shape (..., 3, 3), got {tuple(t.shape)}")
     return from_tensor(t[..., :, 2], kind)
 
 

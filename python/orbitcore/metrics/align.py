@@ -112,13 +112,23 @@ class AlignmentResult:
         return from_tensor(Q.to(dt), kind), from_tensor(s_new.to(dt), kind)
 
 
+def _rotations_like(fn: str, name: str, R: torch.Tensor) -> torch.Tensor:
+    """Real ``(..., 3, 3)`` as float64 (not checked to be orthogonal: the angle is a diagnostic)."""
+    if R.is_complex():
+        fail(fn, f"{name} must be real rotation matrices, got {R.dtype}", TypeError)
+    if R.dim() < 2 or tuple(R.shape[-2:]) != (3, 3):
+        fail(fn, f"{name} must have shape (..., 3, 3), got {tuple(R.shape)}")
+    return R.to(torch.float64)
+
+
 def rotation_angle(R1, R2=None):
     """Geodesic angle in degrees between rotations ``(..., 3, 3)`` (``R2`` default identity)."""
-    A, kind = to_tensor(R1, "rotation_angle", "R1")
-    A = A.to(torch.float64)
+    fn = "rotation_angle"
+    A, kind = to_tensor(R1, fn, "R1")
+    A = _rotations_like(fn, "R1", A)
     if R2 is not None:
-        B, _ = to_tensor(R2, "rotation_angle", "R2")
-        A = A.transpose(-1, -2) @ B.to(torch.float64)
+        B = _rotations_like(fn, "R2", to_tensor(R2, fn, "R2")[0])
+        A = A.transpose(-1, -2) @ B
     tr = A[..., 0, 0] + A[..., 1, 1] + A[..., 2, 2]
     ang = torch.rad2deg(torch.acos(((tr - 1) / 2).clamp(-1.0, 1.0)))
     return from_tensor(ang, kind)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .. import fourier
-from .._validate import check_float, check_int, fail
+from .._validate import check_float, check_int, fail, to_tensor
 from ..nn.fouriernet import FourierNet
 from ..ops.moments import MomentLayout
 from ..ops.slice import fourier_slice
@@ -58,6 +58,7 @@ def half_spectrum_frequencies(n: int, *, dtype=torch.float64, device=None) -> to
     """Integer frequencies ``(kx, ky, kz)`` of the uncentred half spectrum (``torch.fft.rfftn``
     layout of an ``(n, n, n)`` array indexed ``[z, y, x]``): shape ``(n, n, n // 2 + 1, 3)``,
     entry ``[iz, iy, ix] = (ix, wrap(iy), wrap(iz))`` with ``wrap(i) = i − n`` for ``i > (n−1)//2``."""
+    n = check_int("half_spectrum_frequencies", "n", n, minimum=1)
     k = torch.arange(n, device=device)
     k = torch.where(k > (n - 1) // 2, k - n, k).to(dtype)
     kx = torch.arange(n // 2 + 1, device=device, dtype=dtype)
@@ -518,7 +519,10 @@ class ProjectedDensity(nn.Module):
 
     def __init__(self, group: torch.Tensor):
         super().__init__()
-        group = torch.as_tensor(group, dtype=torch.long)
+        group = to_tensor(group, "ProjectedDensity", "group")[0]
+        if group.is_complex():
+            fail("ProjectedDensity", f"group must hold integer direction indices, got {group.dtype}", TypeError)
+        group = group.to(torch.long)
         if group.dim() != 1 or group.numel() == 0 or int(group.min()) < 0:
             fail("ProjectedDensity", f"group must be a non-empty (q,) tensor of direction indices, got "
                                      f"{tuple(group.shape)}")

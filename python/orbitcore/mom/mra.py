@@ -49,7 +49,7 @@ from typing import Iterable, Iterator
 import torch
 
 from .. import fourier
-from .._validate import check_float, check_int, fail, to_tensor
+from .._validate import check_float, check_int, check_path, fail, to_tensor
 from ..io import atomic_path
 from ..metrics.errors import moment_relative_error, mra_relative_error
 from . import _moments
@@ -94,6 +94,23 @@ def _real(fn: str, name: str, x, *, ndim: tuple[int, ...] = (1,), layout: str = 
         fail(fn, f"{name} must have at least 2 points on its last axis, got {tuple(t.shape)}")
     if not bool(torch.isfinite(t.detach()).all()):
         fail(fn, f"{name} must be finite, got NaN or inf values")
+    return t
+
+
+def _check_real_tensor(fn: str, name: str, x) -> None:
+    """A real floating-point torch tensor (the differentiable functions take no other arrays)."""
+    if not isinstance(x, torch.Tensor) or x.is_complex() or not x.is_floating_point():
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        fail(fn, f"{name} must be a real floating-point torch.Tensor, got {got}", TypeError)
+
+
+def _real_batch(fn: str, name: str, x) -> torch.Tensor:
+    """A real ``(..., n)`` array as a tensor (any batch shape)."""
+    t, _ = to_tensor(x, fn, name)
+    if t.is_complex():
+        fail(fn, f"{name} must be real, got {t.dtype}", TypeError)
+    if t.dim() < 1:
+        fail(fn, f"{name} must have shape (..., n), got {tuple(t.shape)}")
     return t
 
 
@@ -155,7 +172,11 @@ def gaussian_mixture(n: int, k: int, batch: int = 1, *, widths=(0.03, 0.08), wei
     Returns:
         real ``(batch, n)``.
     """
-    fn = "gaussian_mixture"
+    return _gaussian_mixture("gaussian_mixture", n, k, batch, widths, weights, normalize, generator, dtype)
+
+
+def _gaussian_mixture(fn: str, n, k, batch, widths, weights, normalize, generator, dtype) -> torch.Tensor:
+    """:func:`gaussian_mixture`, errors naming ``fn``."""
     n = check_int(fn, "n", n, minimum=2)
     k = check_int(fn, "k", k, minimum=1)
     batch = check_int(fn, "batch", batch, minimum=1)
@@ -184,21 +205,23 @@ def random_signals(n: int, k: int, batch: int = 1, *, generator=None, dtype=torc
                    widths=(0.03, 0.08), amplitudes=(0.5, 1.5)) -> torch.Tensor:
     """Signals ``v``: mixtures of ``k`` Gaussians with widths ``U[widths]`` (period units) and
     amplitudes ``U[amplitudes]`` (peak heights in data units). Real ``(batch, n)``."""
-    return gaussian_mixture(n, k, batch, widths=widths, weights=amplitudes, generator=generator, dtype=dtype)
+    return _gaussian_mixture("random_signals", n, k, batch, widths, amplitudes, False, generator, dtype)
 
 
 def random_densities(n: int, k: int, batch: int = 1, *, generator=None, dtype=torch.float64,
                      widths=(0.04, 0.12), weights=(0.5, 1.5)) -> torch.Tensor:
     """Densities ``ρ`` on the shifts: normalised mixtures of ``k`` Gaussians (``(batch, n)``,
     non-negative, each row sums to 1)."""
-    return gaussian_mixture(n, k, batch, widths=widths, weights=weights, normalize=True, generator=generator,
-                            dtype=dtype)
+    return _gaussian_mixture("random_densities", n, k, batch, widths, weights, True, generator, dtype)
 
 
 def random_instances(n: int, k: int, batch: int = 1, *, generator=None, dtype=torch.float64
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(v, rho)``, each ``(batch, n)``: the §5.1.1 family with ``k`` Gaussians for both."""
-    gen = _generator("random_instances", generator)
+    fn = "random_instances"
+    for name, value, minimum in (("n", n, 2), ("k", k, 1), ("batch", batch, 1)):
+        check_int(fn, name, value, minimum=minimum)
+    gen = _generator(fn, generator)
     v = random_signals(n, k, batch, generator=gen, dtype=dtype)
     rho = random_densities(n, k, batch, generator=gen, dtype=dtype)
     return v, rho
@@ -294,6 +317,9 @@ def population_moments(v, rho) -> tuple[torch.Tensor, torch.Tensor]:
 def shift_slices(v: torch.Tensor) -> torch.Tensor:
     """Eq. 25's ``S_j = F(s_j ∘ v) = e^{−2πi K s_j / n} ⊙ v̂`` for the ``n`` shifts
     ``s_j = j − n//2``: complex ``(n, n)`` (row j), from a real signal ``(n,)``. Differentiable."""
+    _check_real_tensor("shift_slices", "v", v)
+    if v.dim() != 1:
+        fail("shift_slices", f"v must be a signal (n,), got {tuple(v.shape)}")
     n = v.shape[-1]
     k = (torch.arange(n, device=v.device) - n // 2).to(torch.float64)
     ang = (-2.0 * math.pi / n) * torch.outer(k, k)  # shifts and frequencies share the centred index
@@ -400,6 +426,12 @@ def orbit_error(estimate: torch.Tensor, truth: torch.Tensor, eps: float = 1e-12)
     """Eq. 21 as a differentiable training loss: ``min_s ‖s ∘ truth − estimate‖ / ‖truth‖`` for
     batches ``(B, n)`` (gradient w.r.t. ``estimate`` through the minimising shift).
     :func:`orbitcore.metrics.mra_relative_error` is the float64 yardstick."""
+    fn = "orbit_error"
+    _check_real_tensor(fn, "estimate", estimate)
+    _check_real_tensor(fn, "truth", truth)
+    if estimate.dim() < 1 or truth.dim() < 1 or estimate.shape[-1] != truth.shape[-1]:
+        fail(fn, f"estimate and truth must have the same last axis (n), got {tuple(estimate.shape)} and "
+                 f"{tuple(truth.shape)}")
     n = estimate.shape[-1]
     corr = torch.fft.irfft(torch.fft.rfft(estimate, dim=-1) * torch.fft.rfft(truth, dim=-1).conj(), n=n, dim=-1)
     nt = truth.square().sum(-1)
@@ -461,8 +493,14 @@ def instance_errors(v_est, rho_est, v, rho, *, continuous: bool = False) -> dict
     """Eq. 21 errors of an estimate: ``{"v": …, "rho": …}`` (floats, or lists for batches);
     with ``continuous=True`` also ``"v_continuous"``, ``"rho_continuous"``
     (:func:`continuous_orbit_error`)."""
-    ev = mra_relative_error(torch.as_tensor(v_est), torch.as_tensor(v))
-    er = mra_relative_error(torch.as_tensor(rho_est), torch.as_tensor(rho))
+    fn = "instance_errors"
+    v_est, rho_est, v, rho = (_real_batch(fn, name, x) for name, x in
+                              (("v_est", v_est), ("rho_est", rho_est), ("v", v), ("rho", rho)))
+    for (a, ta), (b, tb) in ((("v_est", v_est), ("v", v)), (("rho_est", rho_est), ("rho", rho))):
+        if ta.shape[-1] != tb.shape[-1]:
+            fail(fn, f"{a} and {b} must have the same n, got {tuple(ta.shape)} and {tuple(tb.shape)}")
+    ev = mra_relative_error(v_est, v)
+    er = mra_relative_error(rho_est, rho)
     conv = (lambda t: float(t)) if ev.dim() == 0 else (lambda t: t.tolist())
     out = {"v": conv(ev), "rho": conv(er)}
     if continuous:
@@ -475,8 +513,8 @@ def trivial_errors(v, rho) -> dict:
     """Eq. 21 errors of the trivial predictor that knows nothing but the first moment's DC
     term: the constant signal with v's mean and the uniform density. Batched like
     :func:`instance_errors`; the yardstick a learned encoder must beat."""
-    v = torch.as_tensor(v, dtype=torch.float64)
-    rho = torch.as_tensor(rho, dtype=torch.float64)
+    v = _real_batch("trivial_errors", "v", v).to(torch.float64)
+    rho = _real_batch("trivial_errors", "rho", rho).to(torch.float64)
     return instance_errors(v.mean(-1, keepdim=True).expand_as(v), torch.full_like(rho, 1.0 / rho.shape[-1]),
                            v, rho)
 
@@ -540,7 +578,14 @@ class TrainConfig:
 def learning_rate(epoch: int, epochs: int, lrs=(1e-4, 1e-5, 1e-6)) -> float:
     """The paper's schedule: ``lrs[0]`` for the first third of the epochs, ``lrs[1]`` for the
     second, ``lrs[2]`` for the last (epoch counted from 0; thirds by ``3·epoch // epochs``)."""
-    return float(lrs[min(3 * epoch // max(epochs, 1), 2)])
+    fn = "learning_rate"
+    epoch = check_int(fn, "epoch", epoch, minimum=0)
+    epochs = check_int(fn, "epochs", epochs, minimum=0)
+    if not isinstance(lrs, (tuple, list)):
+        fail(fn, f"lrs must be a tuple or list of 3 learning rates, got {type(lrs).__name__}", TypeError)
+    if len(lrs) != 3:
+        fail(fn, f"lrs must hold 3 learning rates (one per third of the epochs), got {lrs!r}")
+    return check_float(fn, "lrs", lrs[min(3 * epoch // max(epochs, 1), 2)], positive=True)
 
 
 def _seeded_encoder(n: int, seed: int, dtype: torch.dtype, kwargs: dict) -> MRAEncoder:
@@ -566,6 +611,8 @@ class SupervisedTrainer:
     """
 
     def __init__(self, config: TrainConfig):
+        if not isinstance(config, TrainConfig):
+            fail("SupervisedTrainer", f"config must be a TrainConfig, got {type(config).__name__}", TypeError)
         self.config = cfg = config.validate()
         self.dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
         self.encoder = _seeded_encoder(cfg.n, cfg.seed, self.dtype, cfg.encoder)
@@ -730,7 +777,7 @@ def _config_from_dict(d: dict) -> TrainConfig:
 
 
 def _read_checkpoint(fn: str, path) -> dict:
-    path = pathlib.Path(path)
+    path = check_path(fn, "checkpoint", path)
     if not path.is_file():
         fail(fn, f"{path}: no such checkpoint", FileNotFoundError)
     try:

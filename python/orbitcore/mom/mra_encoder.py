@@ -54,6 +54,14 @@ def _diag_index(n: int, device=None) -> torch.Tensor:
     return (k[None, :] - k[:, None]) % n
 
 
+def _check_complex(fn: str, M1, M2) -> None:
+    """``M1`` and ``M2`` are complex torch tensors, or an error naming ``fn``."""
+    for name, M in (("M1", M1), ("M2", M2)):
+        if not isinstance(M, torch.Tensor) or not M.is_complex():
+            got = M.dtype if isinstance(M, torch.Tensor) else type(M).__name__
+            fail(fn, f"{name} must be a complex torch.Tensor (Fourier moments), got {got}", TypeError)
+
+
 def moment_features(M1: torch.Tensor, M2: torch.Tensor, eps: float = 1e-12
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Encoder inputs from moments in the library's convention (unnormalised centred DFT).
@@ -66,7 +74,11 @@ def moment_features(M1: torch.Tensor, M2: torch.Tensor, eps: float = 1e-12
         (re, im of the wrapped diagonals of ``M2 / (n a²)``) and the scale ``a`` ``(B,)``
         (``a² = Re tr M2 / n``, i.e. ``E‖v_j‖²`` in real space).
     """
+    _check_complex("moment_features", M1, M2)
     n = M1.shape[-1]
+    if M1.dim() != 2 or M2.dim() != 3 or tuple(M2.shape) != (M1.shape[0], n, n):
+        fail("moment_features", f"M1, M2 must have shapes (B, n), (B, n, n), got {tuple(M1.shape)} and "
+                                f"{tuple(M2.shape)}")
     a2 = torch.diagonal(M2, dim1=-2, dim2=-1).real.sum(-1) / n
     a = torch.sqrt(a2.clamp_min(eps))
     m1 = M1 / (math.sqrt(n) * a[:, None])
@@ -107,9 +119,10 @@ class MomentCNN(nn.Module):
 
     def __init__(self, n: int, output: str = "density", *, window: int = 5,
                  m2_channels: tuple[int, ...] = (64, 32), m1_channels: tuple[int, ...] = (16, 16),
-                 merged: int = 6, trunk_channels: tuple[int, ...] = (32, 32), hidden: int | None = None):
+                 merged: int = 6, trunk_channels: tuple[int, ...] = (32, 32), hidden: int | None = None,
+                 _fn: str = "MomentCNN"):
         super().__init__()
-        fn = "MomentCNN"
+        fn = _fn  # MRAEncoder's networks name it
         self.n = check_int(fn, "n", n, minimum=2)
         if output not in ("density", "signal"):
             fail(fn, f"output must be 'density' or 'signal', got {output!r}")
@@ -165,19 +178,18 @@ class MRAEncoder(nn.Module):
 
     def __init__(self, n: int, **kwargs):
         super().__init__()
-        self.signal_net = MomentCNN(n, "signal", **kwargs)
-        self.density_net = MomentCNN(n, "density", **kwargs)
+        self.signal_net = MomentCNN(n, "signal", **kwargs, _fn="MRAEncoder")
+        self.density_net = MomentCNN(n, "density", **kwargs, _fn="MRAEncoder")
         self.n = self.signal_net.n
         self.config = {k: v for k, v in self.signal_net.config.items() if k not in ("output", "n")}
 
     def forward(self, M1: torch.Tensor, M2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fn = "MRAEncoder"
+        _check_complex(fn, M1, M2)
         single = M1.dim() == 1
         if single:
             M1, M2 = M1[None], M2[None]
         n = self.n
-        if not (M1.is_complex() and M2.is_complex()):
-            fail(fn, f"M1 and M2 must be complex (Fourier moments), got {M1.dtype} and {M2.dtype}", TypeError)
         if M1.dim() != 2 or M1.shape[-1] != n or M2.dim() != 3 or tuple(M2.shape[-2:]) != (n, n) \
                 or M2.shape[0] != M1.shape[0]:
             fail(fn, f"M1, M2 must have shapes (n,), (n, n) or (B, n), (B, n, n) with n = {n}, got "

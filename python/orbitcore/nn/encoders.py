@@ -204,6 +204,8 @@ class DoubleConv(nn.Sequential):
     """
 
     def __init__(self, c_in: int, c_out: int, batch_norm: bool = True):
+        c_in = check_int("DoubleConv", "c_in", c_in, minimum=1)
+        c_out = check_int("DoubleConv", "c_out", c_out, minimum=1)
         layers = [nn.Conv2d(c_in, c_out, 3, padding=1)]
         if batch_norm:
             layers.append(nn.BatchNorm2d(c_out))

@@ -19,12 +19,16 @@ import torch
 from torch import nn
 
 from .. import fourier
-from .._validate import check_int, fail
+from .._validate import check_float, check_int, fail
 from .siren import SIREN
 
 
 def canonical_half(k: torch.Tensor) -> torch.Tensor:
     """Boolean mask of points ``(..., 3)`` in the canonical half-space (see module docstring)."""
+    if not isinstance(k, torch.Tensor):
+        fail("canonical_half", f"k must be a torch.Tensor (..., 3), got {type(k).__name__}", TypeError)
+    if k.dim() < 1 or k.shape[-1] != 3:
+        fail("canonical_half", f"k must have shape (..., 3), got {tuple(k.shape)}")
     kx, ky, kz = k.unbind(-1)
     return (kx > 0) | ((kx == 0) & ((ky > 0) | ((ky == 0) & (kz >= 0))))
 
@@ -43,7 +47,12 @@ class FourierNet(nn.Module):
     def __init__(self, D: int, hidden: int = 256, amplitude_layers: int = 2, modulation_layers: int = 3,
                  *, w0: float = 30.0):
         super().__init__()
-        self.D = check_int("FourierNet", "D", D, minimum=2)
+        fn = type(self).__name__  # a subclass (LatentFourierNet) names itself
+        self.D = check_int(fn, "D", D, minimum=2)
+        check_int(fn, "hidden", hidden, minimum=1)
+        check_int(fn, "amplitude_layers", amplitude_layers, minimum=0)
+        check_int(fn, "modulation_layers", modulation_layers, minimum=0)
+        check_float(fn, "w0", w0, positive=True)
         self.amplitude = SIREN(3, 2, hidden, amplitude_layers, w0=w0)
         self.modulation = SIREN(3, 2, hidden, modulation_layers, w0=w0)
 

@@ -39,6 +39,10 @@ class SineLayer(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, *, w0: float = 30.0, first: bool = False):
         super().__init__()
+        fn = "SineLayer"
+        in_features = check_int(fn, "in_features", in_features, minimum=1)
+        out_features = check_int(fn, "out_features", out_features, minimum=1)
+        check_float(fn, "w0", w0, positive=True)
         self.w0 = w0
         self.linear = nn.Linear(in_features, out_features)
         bound = 1.0 / in_features if first else math.sqrt(6.0 / in_features) / w0

@@ -86,7 +86,10 @@ def _k_lists_cached(L: int, support_bytes: bytes) -> tuple[Tensor, Tensor]:
 def k_lists(support: Tensor) -> tuple[Tensor, Tensor]:
     """The kernel's k-lists for a support mask ``(L, L)`` bool: ``klist`` int32 (patch pixels, flat)
     and ``kstart`` int32 ``(D + 1,)`` (``src/orbitcore/em.hpp``). CPU tensors, cached."""
-    s = support.detach().to("cpu", torch.bool).contiguous()
+    s, _ = to_tensor(support, "k_lists", "support")
+    if s.dim() != 2 or s.shape[0] != s.shape[1]:
+        fail("k_lists", f"support must be a square (L, L) mask, got {tuple(s.shape)}")
+    s = s.detach().to("cpu", torch.bool).contiguous()
     return _k_lists_cached(int(s.shape[0]), bytes(s.numpy().tobytes()))
 
 

@@ -13,8 +13,26 @@ import torch
 from torch import Tensor
 
 from .. import _ext
+from .._validate import check_int, fail
 
 __all__ = ["fold", "unfold", "eval_points", "gemm"]
+
+_FOLD_KEYS = ("pix", "Q", "size", "feat")
+_EVAL_KEYS = ("group_N", "group_K", "group_offsets", "item_group", "item_row", "coefficients", "col_cos", "col_sin")
+
+
+def _check_args(fn: str, name: str, x, layout: str, tables: dict, keys: tuple, size_name: str, size) -> int:
+    """A 2-D tensor ``x``, the PSWF2D ``tables`` with ``keys`` and an integer size, errors naming ``fn``."""
+    if not isinstance(x, Tensor):
+        fail(fn, f"{name} must be a torch.Tensor {layout}, got {type(x).__name__}", TypeError)
+    if x.dim() != 2:
+        fail(fn, f"{name} must have shape {layout}, got {tuple(x.shape)}")
+    if not isinstance(tables, dict):
+        fail(fn, f"tables must be a dict of PSWF2D's tables, got {type(tables).__name__}", TypeError)
+    missing = [k for k in keys if k not in tables]
+    if missing:
+        fail(fn, f"tables must hold PSWF2D's tables {', '.join(keys)}; missing {', '.join(missing)}")
+    return check_int(fn, size_name, size, minimum=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,11 +96,13 @@ torch.library.register_autograd("orbitcore::pswf_unfold", _unfold_bwd, setup_con
 
 def fold(images: Tensor, tables: dict, F: int) -> Tensor:
     """Symmetry-adapted features ``(B, F)`` of flattened images ``(B, npix)`` (see PSWF2D)."""
+    F = _check_args("fold", "images", images, "(B, npix)", tables, _FOLD_KEYS, "F", F)
     return torch.ops.orbitcore.pswf_fold(images, tables["pix"], tables["Q"], tables["size"], tables["feat"], F)
 
 
 def unfold(features: Tensor, tables: dict, npix: int) -> Tensor:
     """Adjoint of :func:`fold`: images ``(B, npix)`` from features ``(B, F)``."""
+    npix = _check_args("unfold", "features", features, "(B, F)", tables, _FOLD_KEYS, "npix", npix)
     return torch.ops.orbitcore.pswf_unfold(features, tables["pix"], tables["Q"], tables["size"], tables["feat"],
                                            npix)
 
@@ -124,6 +144,9 @@ torch.library.register_autograd("orbitcore::pswf_eval_points", _eval_points_bwd,
 
 def eval_points(points: Tensor, tables: dict, M: int) -> Tensor:
     """Real-convention basis values ``(P, M)`` at ``points (P, 2)`` of the unit disk."""
+    M = _check_args("eval_points", "points", points, "(P, 2)", tables, _EVAL_KEYS, "M", M)
+    if points.shape[1] != 2:
+        fail("eval_points", f"points must have shape (P, 2), got {tuple(points.shape)}")
     return torch.ops.orbitcore.pswf_eval_points(points, tables["group_N"], tables["group_K"],
                                                 tables["group_offsets"], tables["item_group"],
                                                 tables["item_row"], tables["coefficients"],
@@ -163,4 +186,9 @@ torch.library.register_autograd("orbitcore::pswf_gemm", _gemm_bwd, setup_context
 
 def gemm(A: Tensor, B: Tensor) -> Tensor:
     """``A @ B`` through orbitcore's blocked CPU kernel (CPU tensors only)."""
+    for name, x in (("A", A), ("B", B)):
+        if not isinstance(x, Tensor):
+            fail("gemm", f"{name} must be a torch.Tensor (2-D), got {type(x).__name__}", TypeError)
+    if A.dim() != 2 or B.dim() != 2 or A.shape[1] != B.shape[0]:
+        fail("gemm", f"A and B must be matrices (m, k) and (k, n), got {tuple(A.shape)} and {tuple(B.shape)}")
     return torch.ops.orbitcore.pswf_gemm(A, B)

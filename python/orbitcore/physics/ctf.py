@@ -37,6 +37,7 @@ def electron_wavelength(voltage_kv: float) -> float:
 def frequency_grid(n: int, pixel_size: float, *, dtype=torch.float64, device=None) -> torch.Tensor:
     """Centred frequency grid of an ``n × n`` image with ``pixel_size`` Å: ``(n, n, 2)`` with
     ``(sx, sy)`` in 1/Å at index ``[iy, ix]`` (DC at ``[n // 2, n // 2]``), ready for :func:`ctf`."""
+    check_int("frequency_grid", "n", n, minimum=1)
     check_float("frequency_grid", "pixel_size", pixel_size, positive=True)
     return fourier.frequency_grid_2d(n, pixel_size, dtype=dtype, device=device)
 

@@ -16,9 +16,16 @@ from .._validate import check_float, fail, from_tensor, to_tensor
 __all__ = ["snr_to_db", "db_to_snr", "noise_sigma", "add_noise", "measured_snr"]
 
 
+def _real_number(fn: str, name: str, v) -> float:
+    """A real number (infinities allowed), or a TypeError naming ``fn``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        fail(fn, f"{name} must be a real number, got {type(v).__name__} {v!r}", TypeError)
+    return float(v)
+
+
 def snr_to_db(snr: float) -> float:
     """``10 log10(snr)`` (``-inf`` for 0, ``inf`` for ``inf``)."""
-    s = float(snr)
+    s = _real_number("snr_to_db", "snr", snr)
     if s < 0 or math.isnan(s):
         fail("snr_to_db", f"snr must be >= 0, got {snr!r}")
     return math.inf if s == math.inf else (-math.inf if s == 0 else 10.0 * math.log10(s))
@@ -26,7 +33,7 @@ def snr_to_db(snr: float) -> float:
 
 def db_to_snr(db: float) -> float:
     """``10 ** (db / 10)``."""
-    d = float(db)
+    d = _real_number("db_to_snr", "db", db)
     if math.isnan(d):
         fail("db_to_snr", "db must be a number, got nan")
     return 10.0 ** (d / 10.0)

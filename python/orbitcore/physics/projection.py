@@ -45,7 +45,8 @@ __all__ = ["project", "backproject", "gridding_correction", "prepare_volume_ft",
 def gridding_correction(N: int, n: int | None = None, *, dtype=torch.float64, device=None) -> torch.Tensor:
     """``(n, n, n)`` factors ``sinc²(x/N) sinc²(y/N) sinc²(z/N)`` (x in voxels from the centre):
     the real-space attenuation that trilinear interpolation on an ``N³`` Fourier grid causes."""
-    n = N if n is None else n
+    N = check_int("gridding_correction", "N", N, minimum=1)
+    n = N if n is None else check_int("gridding_correction", "n", n, minimum=1)
     k = (torch.arange(n, dtype=dtype, device=device) - n // 2) / N
     s = torch.special.sinc(k) ** 2
     return s[:, None, None] * s[None, :, None] * s[None, None, :]
@@ -63,10 +64,16 @@ def prepare_volume_ft(volume: torch.Tensor, pad: int = 2) -> torch.Tensor:
     """Padded, gridding-corrected centred FT ``(pad·D)³`` of a real ``(D, D, D)`` volume, ready
     for :func:`orbitcore.fourier_slice` / :func:`orbitcore.fourier_sample` at coordinates
     scaled by ``pad``; compute it once when projecting one volume many times. Differentiable."""
+    fn = "prepare_volume_ft"
+    volume, kind = to_tensor(volume, fn, "volume")  # no finiteness check: it runs in training loops
+    if volume.is_complex():
+        fail(fn, "volume must be real (a real-space density), got a complex array", TypeError)
+    if volume.dim() != 3 or len(set(volume.shape)) != 1:
+        fail(fn, f"volume must be a cube (D, D, D), got {tuple(volume.shape)}")
     D = volume.shape[-1]
-    N = pad * D
+    N = check_int(fn, "pad", pad, minimum=1) * D
     corr = gridding_correction(N, D, dtype=volume.dtype, device=volume.device)
-    return fourier.fft3c_padded(volume / corr, N)  # = fft3c(_pad_center(volume / corr, N)), pruned
+    return from_tensor(fourier.fft3c_padded(volume / corr, N), kind)  # = fft3c(_pad_center(volume / corr, N)), pruned
 
 
 def _volume_arg(fn: str, volume) -> tuple[torch.Tensor, str]:
