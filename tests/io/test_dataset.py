@@ -174,7 +174,7 @@ def test_relocated_table_written_elsewhere_opens_the_same_images(tmp_path):
     np.testing.assert_array_equal(again[0]["image"].numpy(), st["a.mrcs"][1])
     with pytest.raises(FileNotFoundError):
         read_star(star).relocated(out, data_dir=tmp_path)
-    with pytest.raises(TypeError, match="ParticleTable.relocated: directory must be a folder path, got int"):
+    with pytest.raises(TypeError, match=r"ParticleTable.relocated: directory must be a folder path \(str or os.PathLike\), got int"):
         read_star(p).relocated(3)
 
 

@@ -211,10 +211,7 @@ class ParticleTable:
         kept as written: the new file opens with the same ``data_dir``, and from the same RELION
         project. Absolute names and the ``index@`` part stay. Raises ``FileNotFoundError`` if an
         image file is missing."""
-        if not isinstance(directory, (str, os.PathLike)):
-            fail("ParticleTable.relocated", f"directory must be a folder path, got {type(directory).__name__}",
-                 TypeError)
-        directory = pathlib.Path(directory).resolve()
+        directory = check_path("ParticleTable.relocated", "directory", directory, "folder").resolve()
         _, files = self.image_refs()
         found = self.resolve_image_files(data_dir)
         p = self.particles.copy()
