@@ -171,3 +171,33 @@ def check_path(fn: str, name: str, v: Any, what: str = "file") -> pathlib.Path:
     if not isinstance(v, (str, os.PathLike)):
         fail(fn, f"{name} must be a {what} path (str or os.PathLike), got {type(v).__name__}", TypeError)
     return pathlib.Path(v)
+
+
+def check_torch_tensor(fn: str, name: str, x: Any, layout: str = "", allow_none: bool = False) -> Any:
+    """``x`` itself if it is a ``torch.Tensor`` (or ``None`` with ``allow_none``), else a TypeError.
+
+    For the functions that take only tensors (the differentiable ones, and those called on tensors
+    inside a training step); ``layout`` (e.g. ``"(B, n, n)"``) is named in the message.
+    """
+    if x is None and allow_none:
+        return None
+    if not isinstance(x, torch.Tensor):
+        what = "a torch.Tensor" + (f" {layout}" if layout else "") + (" or None" if allow_none else "")
+        fail(fn, f"{name} must be {what}, got {type(x).__name__}", TypeError)
+    return x
+
+
+def real_array(fn: str, name: str, x: Any, floating: bool = False, torch_only: bool = False) -> torch.Tensor:
+    """``x`` as a real tensor: not complex, not bool, and with ``floating`` a float dtype.
+
+    Any array kind :func:`to_tensor` takes is accepted unless ``torch_only``.
+    """
+    if torch_only:
+        check_torch_tensor(fn, name, x)
+        t = x
+    else:
+        t = to_tensor(x, fn, name)[0]
+    if t.is_complex() or t.dtype == torch.bool or (floating and not t.is_floating_point()):
+        kind = "a real floating-point" if floating else "a real"
+        fail(fn, f"{name} must be {kind} {'torch.Tensor' if torch_only else 'array'}, got {t.dtype}", TypeError)
+    return t

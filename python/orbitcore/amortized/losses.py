@@ -13,15 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import fail
+from .._validate import check_torch_tensor, fail
 
 __all__ = ["fourier_l2", "symmetric_loss"]
-
-
-def _check_tensors(fn: str, **arrays) -> None:
-    for name, x in arrays.items():
-        if not isinstance(x, torch.Tensor):
-            fail(fn, f"{name} must be a torch.Tensor, got {type(x).__name__}", TypeError)
 
 
 def fourier_l2(target_ft: torch.Tensor, model_ft: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -35,7 +29,8 @@ def fourier_l2(target_ft: torch.Tensor, model_ft: torch.Tensor, mask: torch.Tens
         real ``(B,)``.
     """
     fn = "fourier_l2"
-    _check_tensors(fn, target_ft=target_ft, model_ft=model_ft)
+    check_torch_tensor(fn, "target_ft", target_ft)
+    check_torch_tensor(fn, "model_ft", model_ft)
     if target_ft.shape != model_ft.shape or target_ft.dim() != 3 or target_ft.shape[-1] != target_ft.shape[-2]:
         fail(fn, f"target_ft and model_ft must both have shape (B, n, n), got {tuple(target_ft.shape)} and "
                  f"{tuple(model_ft.shape)}")
@@ -43,7 +38,7 @@ def fourier_l2(target_ft: torch.Tensor, model_ft: torch.Tensor, mask: torch.Tens
     r = target_ft - model_ft
     e = r.real.square() + r.imag.square()
     if mask is not None:
-        _check_tensors(fn, mask=mask)
+        check_torch_tensor(fn, "mask", mask)
         if tuple(mask.shape) != (n, n) or mask.dtype != torch.bool:
             fail(fn, f"mask must be a boolean ({n}, {n}) array, got {mask.dtype} {tuple(mask.shape)}")
         e = e * mask
@@ -62,7 +57,8 @@ def symmetric_loss(loss_direct: torch.Tensor, loss_rotated: torch.Tensor) -> tup
     Returns:
         ``(loss (B,), flipped (B,) bool)``: ``flipped`` is True where the rotated path won.
     """
-    _check_tensors("symmetric_loss", loss_direct=loss_direct, loss_rotated=loss_rotated)
+    check_torch_tensor("symmetric_loss", "loss_direct", loss_direct)
+    check_torch_tensor("symmetric_loss", "loss_rotated", loss_rotated)
     if loss_direct.shape != loss_rotated.shape or loss_direct.dim() != 1:
         fail("symmetric_loss", f"loss_direct and loss_rotated must both have shape (B,), got "
                                f"{tuple(loss_direct.shape)} and {tuple(loss_rotated.shape)}")

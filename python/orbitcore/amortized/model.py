@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from .. import fourier
-from .._validate import check_float, check_int, fail
+from .._validate import check_float, check_int, check_torch_tensor, fail
 from ..nn import FourierNet, PoseEncoder, RotationLayer
 from ..nn.fouriernet import canonical_half
 from ..nn.encoders import ROTATION_HEADS
@@ -240,8 +240,7 @@ def form_images(slices: torch.Tensor, ctf: torch.Tensor | None = None, shifts: t
     if not slices.is_complex() or slices.dim() < 2 or slices.shape[-1] != slices.shape[-2]:
         fail(fn, f"slices must be complex (B, n, n), got {slices.dtype} {tuple(slices.shape)}")
     for name, v in (("ctf", ctf), ("shifts", shifts)):
-        if v is not None and not isinstance(v, torch.Tensor):
-            fail(fn, f"{name} must be a torch.Tensor or None, got {type(v).__name__}", TypeError)
+        check_torch_tensor(fn, name, v, allow_none=True)
     X = slices
     if ctf is not None:
         X = X * ctf

@@ -32,16 +32,9 @@ import numpy as np
 import torch
 
 from .. import _validate as V
-from .._validate import fail, from_tensor, to_tensor
+from .._validate import fail, from_tensor, real_array, to_tensor
 
 __all__ = ["wigner_d", "euler_zyz", "wigner_d_small"]
-
-
-def _real_array(fn: str, name: str, x) -> torch.Tensor:
-    t = to_tensor(x, fn, name)[0]
-    if t.is_complex() or t.dtype == torch.bool:
-        fail(fn, f"{name} must be a real array, got {t.dtype}", TypeError)
-    return t
 
 
 def euler_zyz(rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -51,7 +44,7 @@ def euler_zyz(rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     [0, 1, 0], [-sin t, 0, cos t]]`` (active, column vectors). At ``b = 0`` or ``pi`` only ``a + g``
     or ``a - g`` is defined; the split is arbitrary but the Wigner matrices do not depend on it.
     """
-    R = _real_array("euler_zyz", "rotations", rotations)
+    R = real_array("euler_zyz", "rotations", rotations)
     if R.dim() < 2 or tuple(R.shape[-2:]) != (3, 3):
         fail("euler_zyz", f"rotations must have shape (..., 3, 3), got {tuple(R.shape)}")
     R = R.to(torch.float64)
@@ -119,7 +112,7 @@ def wigner_d_small(ell_max: int, beta: torch.Tensor) -> list[torch.Tensor]:
     """Real ``d^ell_{m', m}(beta)`` for ``ell = 0..ell_max``: list of float64 ``(B, 2 ell + 1, 2 ell + 1)``
     indexed ``[b, m' + ell, m + ell]``."""
     ell_max = V.check_int("wigner_d_small", "ell_max", ell_max, minimum=0)
-    beta = _real_array("wigner_d_small", "beta", beta).to(torch.float64).reshape(-1)
+    beta = real_array("wigner_d_small", "beta", beta).to(torch.float64).reshape(-1)
     M, a, b, sign, norm, places = _pair_tables(ell_max)
     dev = beta.device
     M, a, b, sign, norm = (t.to(dev) for t in (M, a, b, sign, norm))

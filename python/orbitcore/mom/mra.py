@@ -49,7 +49,7 @@ from typing import Iterable, Iterator
 import torch
 
 from .. import fourier
-from .._validate import check_float, check_int, check_path, fail, to_tensor
+from .._validate import check_float, check_int, check_path, fail, real_array, to_tensor
 from ..io import atomic_path
 from ..metrics.errors import moment_relative_error, mra_relative_error
 from . import _moments
@@ -97,18 +97,9 @@ def _real(fn: str, name: str, x, *, ndim: tuple[int, ...] = (1,), layout: str = 
     return t
 
 
-def _check_real_tensor(fn: str, name: str, x) -> None:
-    """A real floating-point torch tensor (the differentiable functions take no other arrays)."""
-    if not isinstance(x, torch.Tensor) or x.is_complex() or not x.is_floating_point():
-        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
-        fail(fn, f"{name} must be a real floating-point torch.Tensor, got {got}", TypeError)
-
-
 def _real_batch(fn: str, name: str, x) -> torch.Tensor:
     """A real ``(..., n)`` array as a tensor (any batch shape)."""
-    t, _ = to_tensor(x, fn, name)
-    if t.is_complex():
-        fail(fn, f"{name} must be real, got {t.dtype}", TypeError)
+    t = real_array(fn, name, x)
     if t.dim() < 1:
         fail(fn, f"{name} must have shape (..., n), got {tuple(t.shape)}")
     return t
@@ -317,7 +308,7 @@ def population_moments(v, rho) -> tuple[torch.Tensor, torch.Tensor]:
 def shift_slices(v: torch.Tensor) -> torch.Tensor:
     """Eq. 25's ``S_j = F(s_j ∘ v) = e^{−2πi K s_j / n} ⊙ v̂`` for the ``n`` shifts
     ``s_j = j − n//2``: complex ``(n, n)`` (row j), from a real signal ``(n,)``. Differentiable."""
-    _check_real_tensor("shift_slices", "v", v)
+    real_array("shift_slices", "v", v, floating=True, torch_only=True)
     if v.dim() != 1:
         fail("shift_slices", f"v must be a signal (n,), got {tuple(v.shape)}")
     n = v.shape[-1]
@@ -427,8 +418,8 @@ def orbit_error(estimate: torch.Tensor, truth: torch.Tensor, eps: float = 1e-12)
     batches ``(B, n)`` (gradient w.r.t. ``estimate`` through the minimising shift).
     :func:`orbitcore.metrics.mra_relative_error` is the float64 yardstick."""
     fn = "orbit_error"
-    _check_real_tensor(fn, "estimate", estimate)
-    _check_real_tensor(fn, "truth", truth)
+    real_array(fn, "estimate", estimate, floating=True, torch_only=True)
+    real_array(fn, "truth", truth, floating=True, torch_only=True)
     if estimate.dim() < 1 or truth.dim() < 1 or estimate.shape[-1] != truth.shape[-1]:
         fail(fn, f"estimate and truth must have the same last axis (n), got {tuple(estimate.shape)} and "
                  f"{tuple(truth.shape)}")

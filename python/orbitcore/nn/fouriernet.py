@@ -19,14 +19,13 @@ import torch
 from torch import nn
 
 from .. import fourier
-from .._validate import check_float, check_int, fail
+from .._validate import check_float, check_int, check_torch_tensor, fail
 from .siren import SIREN
 
 
 def canonical_half(k: torch.Tensor) -> torch.Tensor:
     """Boolean mask of points ``(..., 3)`` in the canonical half-space (see module docstring)."""
-    if not isinstance(k, torch.Tensor):
-        fail("canonical_half", f"k must be a torch.Tensor (..., 3), got {type(k).__name__}", TypeError)
+    check_torch_tensor("canonical_half", "k", k, "(..., 3)")
     if k.dim() < 1 or k.shape[-1] != 3:
         fail("canonical_half", f"k must have shape (..., 3), got {tuple(k.shape)}")
     kx, ky, kz = k.unbind(-1)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from .._validate import check_int, fail
+from .._validate import check_int, check_torch_tensor, fail
 
 __all__ = ["fold", "unfold", "eval_points", "gemm"]
 
@@ -23,8 +23,7 @@ _EVAL_KEYS = ("group_N", "group_K", "group_offsets", "item_group", "item_row", "
 
 def _check_args(fn: str, name: str, x, layout: str, tables: dict, keys: tuple, size_name: str, size) -> int:
     """A 2-D tensor ``x``, the PSWF2D ``tables`` with ``keys`` and an integer size, errors naming ``fn``."""
-    if not isinstance(x, Tensor):
-        fail(fn, f"{name} must be a torch.Tensor {layout}, got {type(x).__name__}", TypeError)
+    check_torch_tensor(fn, name, x, layout)
     if x.dim() != 2:
         fail(fn, f"{name} must have shape {layout}, got {tuple(x.shape)}")
     if not isinstance(tables, dict):
@@ -187,8 +186,7 @@ torch.library.register_autograd("orbitcore::pswf_gemm", _gemm_bwd, setup_context
 def gemm(A: Tensor, B: Tensor) -> Tensor:
     """``A @ B`` through orbitcore's blocked CPU kernel (CPU tensors only)."""
     for name, x in (("A", A), ("B", B)):
-        if not isinstance(x, Tensor):
-            fail("gemm", f"{name} must be a torch.Tensor (2-D), got {type(x).__name__}", TypeError)
+        check_torch_tensor("gemm", name, x, "(2-D)")
     if A.dim() != 2 or B.dim() != 2 or A.shape[1] != B.shape[0]:
         fail("gemm", f"A and B must be matrices (m, k) and (k, n), got {tuple(A.shape)} and {tuple(B.shape)}")
     return torch.ops.orbitcore.pswf_gemm(A, B)

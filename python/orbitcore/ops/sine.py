@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from .._validate import fail
+from .._validate import check_torch_tensor, fail
 
 __all__ = ["sine_activation"]
 
@@ -105,8 +105,7 @@ def sine_activation(x: Tensor, w0: float = 30.0) -> Tensor:
         dtype against ``torch.sin(w0 * x.double())``.
     """
     fn = "sine_activation"
-    if not isinstance(x, Tensor):
-        fail(fn, f"x must be a torch.Tensor, got {type(x).__name__}", TypeError)
+    check_torch_tensor(fn, "x", x)
     if x.dtype not in _KERNEL_DTYPES:
         fail(fn, f"x must be a float32 or float64 tensor, got dtype {x.dtype}", TypeError)
     if isinstance(w0, bool) or not isinstance(w0, (int, float)) or not math.isfinite(float(w0)):
