@@ -41,3 +41,29 @@ def test_real_array_torch_only_refuses_numpy_and_keeps_autograd():
         V.real_array("g", "v", torch.zeros(3, dtype=torch.complex128), floating=True, torch_only=True)
     x = torch.ones(3, requires_grad=True)
     assert V.real_array("g", "v", x, floating=True, torch_only=True) is x
+
+
+def test_make_particle_table_checks_pixel_size_and_image_size():
+    from orbitcore.io import make_particle_table
+
+    names = ["1@a.mrcs", "2@a.mrcs"]
+    t = make_particle_table(names, pixel_size=[1.5, 2.0], image_size=32)
+    assert list(t.particles["rlnImagePixelSize"]) == [1.5, 2.0]
+    with pytest.raises(ValueError, match=r"^make_particle_table: pixel_size must be finite and > 0"):
+        make_particle_table(names, pixel_size=-1.0)
+    with pytest.raises(ValueError, match=r"^make_particle_table: pixel_size must be a number or 2 real values"):
+        make_particle_table(names, pixel_size=[1.0, 1.0, 1.0])
+    with pytest.raises(TypeError, match=r"^make_particle_table: image_size must be an integer"):
+        make_particle_table(names, pixel_size=1.0, image_size=32.5)
+
+
+def test_moment_cnn_and_latent_fouriernet_name_themselves():
+    from orbitcore.mom.cryoem_models import LatentFourierNet
+    from orbitcore.mom.mra_encoder import MomentCNN
+
+    with pytest.raises(TypeError, match=r"^MomentCNN: M1 must be a complex torch.Tensor"):
+        MomentCNN(8)(torch.zeros(2, 8), torch.zeros(2, 8, 8))
+    with pytest.raises(TypeError, match=r"^LatentFourierNet: k must be a torch.Tensor \(\.\.\., 3\)"):
+        LatentFourierNet(8, 2, hidden=8)(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"^LatentFourierNet: k must have shape \(\.\.\., 3\)"):
+        LatentFourierNet(8, 2, hidden=8)(torch.zeros(4, 2))

@@ -79,7 +79,7 @@ class Projector:
         self._blocks = []  # per N: (N, rows [(ell, s-index)], pswf columns, beta (rows, n) complex)
         for N in range(-Nmax, Nmax + 1):
             cols = torch.nonzero(Npsw == N).squeeze(1)
-            rows, ells = [], []
+            rows = []
             for ell in range(abs(N), ell_max + 1):
                 if (ell + N) % 2:
                     continue  # Y_ell^N(pi/2, 0) = 0

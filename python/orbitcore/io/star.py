@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._validate import OrbitcoreWarning, check_path, fail, to_tensor
+from .._validate import OrbitcoreWarning, check_int, check_path, fail, to_tensor
 from .mrc import atomic_path
 
 __all__ = ["ParticleTable", "read_star", "write_star", "read_cryosparc", "parse_image_name"]
@@ -181,7 +181,7 @@ class ParticleTable:
         missing and which rows need it."""
         fn = "ParticleTable.resolve_image_files"
         _, files = self.image_refs()
-        base = pathlib.Path(data_dir) if data_dir is not None else (self.path.parent if self.path else pathlib.Path.cwd())
+        base = check_path(fn, "data_dir", data_dir, "folder") if data_dir is not None else (self.path.parent if self.path else pathlib.Path.cwd())
         out, missing = {}, {}
         for i, f in enumerate(files):
             if f in out or f in missing:
@@ -500,7 +500,12 @@ def make_particle_table(image_names, *, rotations=None, shifts=None, ctf=None, p
     else:
         if pixel_size is None:
             fail(fn, "give pixel_size (Å) or a ctf carrying it")
-        px = np.broadcast_to(np.asarray(pixel_size, dtype=np.float64), (N,)).copy()
+        pt, _ = to_tensor(pixel_size, fn, "pixel_size")
+        if pt.is_complex() or pt.dtype == torch.bool or pt.dim() > 1 or (pt.dim() == 1 and pt.shape[0] not in (1, N)):
+            fail(fn, f"pixel_size must be a number or {N} real values (Å), got {pt.dtype} {tuple(pt.shape)}")
+        px = np.broadcast_to(pt.detach().cpu().to(torch.float64).numpy(), (N,)).copy()
+        if not (np.isfinite(px).all() and (px > 0).all()):
+            fail(fn, f"pixel_size must be finite and > 0 (Å), got a minimum of {px.min() if N else float('nan'):g}")
         optics = {}
     if rotations is not None:
         R, _ = to_tensor(rotations, fn, "rotations")
@@ -519,7 +524,7 @@ def make_particle_table(image_names, *, rotations=None, shifts=None, ctf=None, p
         df[k] = v
     df["rlnImagePixelSize"] = px
     if image_size is not None:
-        df["rlnImageSize"] = int(image_size)
+        df["rlnImageSize"] = check_int(fn, "image_size", image_size, minimum=1)
         df["rlnImageDimensionality"] = 2
     ocols = [c for c in _OPTICS_COLUMNS if c in df.columns and c != "rlnOpticsGroup"]
     groups = df[ocols].round(9).astype(str).agg("|".join, axis=1)

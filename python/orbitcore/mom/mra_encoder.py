@@ -74,11 +74,15 @@ def moment_features(M1: torch.Tensor, M2: torch.Tensor, eps: float = 1e-12
         (re, im of the wrapped diagonals of ``M2 / (n a²)``) and the scale ``a`` ``(B,)``
         (``a² = Re tr M2 / n``, i.e. ``E‖v_j‖²`` in real space).
     """
-    _check_complex("moment_features", M1, M2)
+    return _moment_features("moment_features", M1, M2, eps)
+
+
+def _moment_features(fn: str, M1, M2, eps: float = 1e-12):
+    """:func:`moment_features` with errors naming ``fn`` (the public caller)."""
+    _check_complex(fn, M1, M2)
     n = M1.shape[-1]
     if M1.dim() != 2 or M2.dim() != 3 or tuple(M2.shape) != (M1.shape[0], n, n):
-        fail("moment_features", f"M1, M2 must have shapes (B, n), (B, n, n), got {tuple(M1.shape)} and "
-                                f"{tuple(M2.shape)}")
+        fail(fn, f"M1, M2 must have shapes (B, n), (B, n, n), got {tuple(M1.shape)} and {tuple(M2.shape)}")
     a2 = torch.diagonal(M2, dim1=-2, dim2=-1).real.sum(-1) / n
     a = torch.sqrt(a2.clamp_min(eps))
     m1 = M1 / (math.sqrt(n) * a[:, None])
@@ -153,7 +157,7 @@ class MomentCNN(nn.Module):
 
     def forward(self, M1: torch.Tensor, M2: torch.Tensor) -> torch.Tensor:
         """``(B, n)`` complex ``M1`` and ``(B, n, n)`` ``M2`` (library convention) → ``(B, n)``."""
-        return self.forward_from(*moment_features(M1, M2))
+        return self.forward_from(*_moment_features(type(self).__name__, M1, M2))
 
     def forward_from(self, x1: torch.Tensor, x2: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` from precomputed :func:`moment_features`."""

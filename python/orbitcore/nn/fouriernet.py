@@ -72,8 +72,10 @@ class FourierNet(nn.Module):
 
     def forward(self, k: torch.Tensor) -> torch.Tensor:
         """Values at points ``k (..., 3)`` (Fourier pixels) → complex ``(...)``, Hermitian."""
-        if k.shape[-1] != 3:
-            fail("FourierNet", f"k must have shape (..., 3), got {tuple(k.shape)}")
+        fn = type(self).__name__  # LatentFourierNet too
+        check_torch_tensor(fn, "k", k, "(..., 3)")
+        if k.dim() < 1 or k.shape[-1] != 3:
+            fail(fn, f"k must have shape (..., 3), got {tuple(k.shape)}")
         canon = canonical_half(k)
         kc = torch.where(canon[..., None], k, -k)
         v = self._raw(kc)
