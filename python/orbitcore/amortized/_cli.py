@@ -44,6 +44,12 @@ examples:
       --epochs 5 --reference sim/particles_volume.mrc
   orbitcore amortized train --out run1 --resume --epochs 10        # continue the same run
   orbitcore --threads 1 amortized train --particles p.star --decoder fouriernet --size 32 --out run2
+  # the settings that learn poses from scratch on the simulated n = 64 set (16 pose hypotheses,
+  # encoder on 32^2; docs/evidence/amortized, section 2), then projection matching from its map:
+  orbitcore amortized train --particles sim/particles.star --out run4 --pose-heads 16 --encoder-size 32 \\
+      --batch-size 32 --max-shift 3 --epochs 50 --reference sim/particles_volume.mrc
+  orbitcore amortized refine --checkpoint run4/checkpoint.pt --out run4/refined --rounds 6 --global-rounds 6 \\
+      --shift-search 3
   torchrun --nproc-per-node 4 -m orbitcore amortized train --particles p.star --out run3 --device cuda
 """
 
