@@ -88,11 +88,11 @@ With --shift-search PX each round also re-estimates every particle's shift at it
 six global rounds with --shift-search 3 reach 5.3 degrees and 8.3 A, against 7.7 degrees and 9.3 A
 with the encoder's shifts (true-pose map: 7.6 A; README section 2).
 
-Writes OUT/poses.star (the refined rotations, the encoder's or the refined shifts), OUT/volume.mrc (at the
-model's box, in the particle images' units as read from the file; training's maps are in units of the
-RMS-normalised images, and the search fits each image's scale, so either map can start it) and OUT/refine.json (per round: global or local search, mean log-likelihood, mean
-rotation change; the pose errors when the particle file has poses; the FSC with --reference,
-and OUT/fsc.png). After every round the state is saved to OUT/refine_state.pt (atomically): an
+Writes OUT/poses.star (the refined rotations, the encoder's or the refined shifts), OUT/volume.mrc
+(at the model's box, in the units of the images as stored; training's maps are in units of the
+RMS-normalised images, and the search fits each image's scale, so either map can start it) and
+OUT/refine.json (per round: global or local search, mean log-likelihood, mean rotation change;
+the pose errors when the particle file has poses; the FSC with --reference, and OUT/fsc.png). After every round the state is saved to OUT/refine_state.pt (atomically): an
 interrupted refinement continues with --resume from the last finished round and ends as an
 uninterrupted one would; --resume with more --rounds extends a finished one.
 

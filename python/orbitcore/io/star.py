@@ -181,7 +181,10 @@ class ParticleTable:
         missing and which rows need it."""
         fn = "ParticleTable.resolve_image_files"
         _, files = self.image_refs()
-        base = check_path(fn, "data_dir", data_dir, "folder") if data_dir is not None else (self.path.parent if self.path else pathlib.Path.cwd())
+        if data_dir is not None:
+            base = check_path(fn, "data_dir", data_dir, "folder")
+        else:
+            base = self.path.parent if self.path else pathlib.Path.cwd()
         out, missing = {}, {}
         for i, f in enumerate(files):
             if f in out or f in missing:
