@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._validate import OrbitcoreWarning, check_int, check_path, fail, to_tensor
+from .._validate import OrbitcoreWarning, check_int, check_path, fail, real_array, to_tensor
 from .mrc import atomic_path
 
 __all__ = ["ParticleTable", "read_star", "write_star", "read_cryosparc", "parse_image_name"]
@@ -503,9 +503,9 @@ def make_particle_table(image_names, *, rotations=None, shifts=None, ctf=None, p
     else:
         if pixel_size is None:
             fail(fn, "give pixel_size (Å) or a ctf carrying it")
-        pt, _ = to_tensor(pixel_size, fn, "pixel_size")
-        if pt.is_complex() or pt.dtype == torch.bool or pt.dim() > 1 or (pt.dim() == 1 and pt.shape[0] not in (1, N)):
-            fail(fn, f"pixel_size must be a number or {N} real values (Å), got {pt.dtype} {tuple(pt.shape)}")
+        pt = real_array(fn, "pixel_size", pixel_size)
+        if pt.dim() > 1 or (pt.dim() == 1 and pt.shape[0] not in (1, N)):
+            fail(fn, f"pixel_size must be a number or {N} real values (Å), got shape {tuple(pt.shape)}")
         px = np.broadcast_to(pt.detach().cpu().to(torch.float64).numpy(), (N,)).copy()
         if not (np.isfinite(px).all() and (px > 0).all()):
             fail(fn, f"pixel_size must be finite and > 0 (Å), got a minimum of {px.min() if N else float('nan'):g}")

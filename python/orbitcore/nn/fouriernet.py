@@ -23,11 +23,20 @@ from .._validate import check_float, check_int, check_torch_tensor, fail
 from .siren import SIREN
 
 
+def _check_points(fn: str, k) -> None:
+    """``k`` is a torch tensor of points ``(..., 3)``, or an error naming ``fn``."""
+    check_torch_tensor(fn, "k", k, "(..., 3)")
+    if k.dim() < 1 or k.shape[-1] != 3:
+        fail(fn, f"k must have shape (..., 3), got {tuple(k.shape)}")
+
+
 def canonical_half(k: torch.Tensor) -> torch.Tensor:
     """Boolean mask of points ``(..., 3)`` in the canonical half-space (see module docstring)."""
-    check_torch_tensor("canonical_half", "k", k, "(..., 3)")
-    if k.dim() < 1 or k.shape[-1] != 3:
-        fail("canonical_half", f"k must have shape (..., 3), got {tuple(k.shape)}")
+    _check_points("canonical_half", k)
+    return _canonical_half(k)
+
+
+def _canonical_half(k: torch.Tensor) -> torch.Tensor:
     kx, ky, kz = k.unbind(-1)
     return (kx > 0) | ((kx == 0) & ((ky > 0) | ((ky == 0) & (kz >= 0))))
 
@@ -72,11 +81,8 @@ class FourierNet(nn.Module):
 
     def forward(self, k: torch.Tensor) -> torch.Tensor:
         """Values at points ``k (..., 3)`` (Fourier pixels) → complex ``(...)``, Hermitian."""
-        fn = type(self).__name__  # LatentFourierNet too
-        check_torch_tensor(fn, "k", k, "(..., 3)")
-        if k.dim() < 1 or k.shape[-1] != 3:
-            fail(fn, f"k must have shape (..., 3), got {tuple(k.shape)}")
-        canon = canonical_half(k)
+        _check_points(type(self).__name__, k)  # names LatentFourierNet too
+        canon = _canonical_half(k)
         kc = torch.where(canon[..., None], k, -k)
         v = self._raw(kc)
         v = torch.where(canon, v, v.conj())
