@@ -19,13 +19,17 @@ orbitcore: the filter bank as two small matrix products per filter (``G X Gᵀ``
 is separable), the CNN on channels-last activations with each block's first BatchNorm → ReLU
 pair fused into one kernel (``orbitcore.ops.norm.batch_norm_relu``) and its second with the
 2×2 max pooling into another (``batch_norm_relu_max_pool2d``) (``PoseEncoder``); ``fft3c_padded``
-(pruned real FFTs) and ``fourier_slice`` with the Hermitian half-plane and the disk (voxel);
+(pruned real FFTs), kept as its ``kx >= 0`` half, and ``fourier_slice(..., half=True)`` with the
+Hermitian half-plane and the disk (voxel);
 ``FourierNet.slice`` on the half-disk only, the SIREN activations on the sine kernel
 (``orbitcore.ops.sine_activation``: one pass forward, one backward) (fouriernet; with ``fourier_scoring="grid"`` the
 paths are scored on a 2×-oversampled grid of the network, the one row where the two sides'
 losses may differ: a winner chosen by the approximate score, its loss exact); and every path (two per image with the
 symmetric loss, times the pose hypotheses) scored without gradients, only the winners rendered
 again with them (``AmortizedModel.forward``: the same loss and gradients).
+
+Each row also reports ``roofline`` (:func:`conv_roofline`): how far the encoder's
+convolutions, the same oneDNN arithmetic on both sides, cap the training speed-up here.
 
 Reported, per decoder: training images/s (one optimisation step = forward of the batch and of
 its π-rotated copy, backward, Adam: the Trainer's fused Adam on both sides), the encoder alone (forward and backward on the 2B images),
@@ -232,7 +236,58 @@ def bench_decoder(decoder: str, n: int, B: int, rep: int, gen, model_kw: dict) -
     row["decoder_images_per_s_ours"] = B / pd["ours"]["median_s"]
     row["decoder_speedup"] = pd["speedup"]
     row["decoder_share_of_baseline_step"] = db["median_s"] / tb["median_s"]
+    row["roofline"] = conv_roofline(model, 2 * B, tb["median_s"], pr["ours"]["median_s"], rep)
     return row
+
+
+def gemm_rate(n: int = 1024, repeat: int = 5) -> float:
+    """FLOP/s of one ``n × n`` float32 matrix product on the current threads: what this machine's
+    BLAS attains, the practical ceiling for a convolution."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2.0 * n ** 3 / timeit(lambda: a @ b, repeat=repeat, warmup=2)["median_s"]
+
+
+def conv_roofline(model: AmortizedModel, images: int, t_base: float, t_ours: float, rep: int) -> dict:
+    """How far the encoder's convolutions cap the training speed-up.
+
+    Both sides run the same 3×3 convolutions (oneDNN's): the same arithmetic, ``conv_flops`` per
+    step (forward, gradients to the inputs except the first layer's, gradients to the weights,
+    over the ``images`` = 2B images of a step). ``conv_s`` is their time here on orbitcore's
+    channels-last layout, each layer's forward and backward timed alone. Two ceilings on the
+    training speed-up follow, both for implementations that keep the arithmetic:
+    ``speedup_if_convs_at_gemm_rate``, the baseline's step over ``t_ours - conv_s + conv_flops /
+    gemm_flops_per_s`` (the convolutions at the rate of a large matrix product, the rest of our
+    step as it is; ``t_ours`` and ``conv_s`` are separate medians, so on a noisy machine the
+    measured ratio can exceed it), and ``speedup_ceiling_convs_only``, the baseline's step over
+    ``conv_flops / gemm_flops_per_s`` (everything but the convolutions free).
+    """
+    enc = model.encoder
+    side = enc.n
+    flops, layers = 0.0, []
+    for block in enc.features:
+        for conv in (block[i] for i in range(len(block)) if isinstance(block[i], torch.nn.Conv2d)):
+            f = 2.0 * images * side * side * conv.in_channels * conv.out_channels * 9
+            flops += f * (2 if not layers else 3)  # the first layer needs no input gradient
+            layers.append((conv.in_channels, conv.out_channels, side, not layers))
+        side //= 2
+    gen = torch.Generator().manual_seed(1)
+    total = 0.0
+    for ci, co, s, first in layers:
+        x = torch.randn(images, ci, s, s, generator=gen).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(not first)
+        w = (0.1 * torch.randn(co, ci, 3, 3, generator=gen)).requires_grad_()
+        g = torch.randn(images, co, s, s, generator=gen).contiguous(memory_format=torch.channels_last)
+
+        def fwd_bwd(x=x, w=w, g=g):
+            y = torch.nn.functional.conv2d(x, w, padding=1)
+            torch.autograd.grad(y, [w] if not x.requires_grad else [x, w], g)
+
+        total += timeit(fwd_bwd, repeat=rep, warmup=1)["median_s"]
+    peak = gemm_rate()
+    best = t_ours - total + flops / peak
+    return {"conv_flops": flops, "conv_s": total, "conv_flops_per_s": flops / total, "gemm_flops_per_s": peak,
+            "conv_share_of_step": total / t_ours, "speedup_if_convs_at_gemm_rate": t_base / best,
+            "speedup_ceiling_convs_only": t_base * peak / flops}
 
 
 def bench_evaluation(n: int, N: int, rep: int, gen, model_kw: dict) -> dict:

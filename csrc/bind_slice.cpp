@@ -16,18 +16,31 @@ namespace {
 struct VolumeInfo {
   std::int64_t V, D;
   std::string real;
+  bool half;  // a half volume (V, D, D, D/2 + 1), orbitcore/slice.hpp "Half volumes"
 };
 
-VolumeInfo check_volume(const TensorArg& vol) {
-  expect_dim(vol, 4, "(V, D, D, D)");
+// Whether a last axis of length W makes a (.., D, D, W) volume a half volume; fails if it is
+// neither a full nor a half volume.
+bool is_half(const std::string& op, const std::string& name, std::int64_t D, std::int64_t W,
+             const std::vector<std::int64_t>& shape) {
+  if (W == D) return false;
+  if (D % 2 == 0 && D >= 4 && W == D / 2 + 1) return true;
+  fail(op, name + " must be a cube (.., D, D, D) or a half volume (.., D, D, D/2 + 1) of even D >= 4, got " +
+               shape_str(shape));
+  return false;
+}
+
+VolumeInfo check_volume(const TensorArg& vol, bool allow_half = false) {
+  expect_dim(vol, 4, allow_half ? "(V, D, D, D) or (V, D, D, D/2 + 1)" : "(V, D, D, D)");
   const auto D = vol.size(1);
-  if (vol.size(2) != D || vol.size(3) != D)
+  if (vol.size(2) != D || (!allow_half && vol.size(3) != D))
     fail(vol.op, vol.name + " must be a cube (V, D, D, D), got " + shape_str(vol.shape));
+  const bool half = allow_half && is_half(vol.op, vol.name, D, vol.size(3), vol.shape);
   if (D < 2) fail(vol.op, vol.name + " side D must be at least 2, got " + std::to_string(D));
   if (vol.dtype != "complex64" && vol.dtype != "complex128")
     fail(vol.op, vol.name + " must be complex64 or complex128, got " + vol.dtype);
   expect_contiguous(vol);
-  return {vol.size(0), D, real_dtype(vol.dtype)};
+  return {vol.size(0), D, real_dtype(vol.dtype), half};
 }
 
 void check_rotations(const TensorArg& rot, const std::string& real) {
@@ -50,7 +63,7 @@ void slice_forward(py::object volume, py::object rotations, py::object out, std:
   const auto vol = parse(volume, op, "volume");
   const auto rot = parse(rotations, op, "rotations");
   const auto o = parse(out, op, "out");
-  const auto vi = check_volume(vol);
+  const auto vi = check_volume(vol, true);
   check_rotations(rot, vi.real);
   const auto B = rot.size(0);
   if (vi.V != 1 && vi.V != B)
@@ -66,22 +79,22 @@ void slice_forward(py::object volume, py::object rotations, py::object out, std:
   if (vi.real == "float32") {
     if (vol.is_cuda()) {
 #if defined(ORBITCORE_WITH_CUDA)
-      cuda::slice_forward<float>(vol.data<float>(), vi.V, D, rot.data<float>(), B, n,
+      cuda::slice_forward<float>(vol.data<float>(), vi.V, D, vi.half, rot.data<float>(), B, n,
                                  static_cast<float>(radius2), hermitian, o.data<float>(),
                                  reinterpret_cast<cuda::stream_t>(stream));
 #endif
     } else {
-      cpu::slice_forward<float>(vol.data<float>(), vi.V, D, rot.data<float>(), B, n,
+      cpu::slice_forward<float>(vol.data<float>(), vi.V, D, vi.half, rot.data<float>(), B, n,
                                 static_cast<float>(radius2), hermitian, o.data<float>(), num_threads);
     }
   } else {
     if (vol.is_cuda()) {
 #if defined(ORBITCORE_WITH_CUDA)
-      cuda::slice_forward<double>(vol.data<double>(), vi.V, D, rot.data<double>(), B, n, radius2,
+      cuda::slice_forward<double>(vol.data<double>(), vi.V, D, vi.half, rot.data<double>(), B, n, radius2,
                                   hermitian, o.data<double>(), reinterpret_cast<cuda::stream_t>(stream));
 #endif
     } else {
-      cpu::slice_forward<double>(vol.data<double>(), vi.V, D, rot.data<double>(), B, n, radius2,
+      cpu::slice_forward<double>(vol.data<double>(), vi.V, D, vi.half, rot.data<double>(), B, n, radius2,
                                  hermitian, o.data<double>(), num_threads);
     }
   }
@@ -110,8 +123,10 @@ void slice_backward(py::object grad, py::object weights, py::object volume, py::
   if (w.present) check_plane(w, B, n, real);
   if (wv.present && !w.present) fail(op, "weight_volume requires weights");
   std::int64_t V = 1, Vg = 1, D = D_;
+  bool half = false;
   if (vol.present) {
-    const auto vi = check_volume(vol);
+    const auto vi = check_volume(vol, true);
+    half = vi.half;
     expect_dtype(vol, g.dtype);
     V = vi.V;
     D = vi.D;
@@ -128,7 +143,9 @@ void slice_backward(py::object grad, py::object weights, py::object volume, py::
     expect_dim(gv, 4, "(Vg, D, D, D)");
     Vg = gv.size(0);
     if (Vg != 1 && Vg != B) fail(op, "grad_volume batch must be 1 or B = " + std::to_string(B));
-    expect_shape(gv, {Vg, D, D, D}, "(Vg, D, D, D)");
+    if (!vol.present) half = is_half(op, "grad_volume", D, gv.size(3), gv.shape);
+    const std::int64_t W = half ? D / 2 + 1 : D;
+    expect_shape(gv, {Vg, D, D, W}, half ? "(Vg, D, D, D/2 + 1)" : "(Vg, D, D, D)");
     expect_dtype(gv, g.dtype);
     expect_contiguous(gv);
   }
@@ -137,6 +154,7 @@ void slice_backward(py::object grad, py::object weights, py::object volume, py::
     expect_dtype(wv, real);
     expect_contiguous(wv);
   }
+  if (half && (w.present || wv.present)) fail(op, "weights are not supported with half volumes");
   for (const TensorArg* t : {&w, &vol, &rot, &gv, &wv, &gr}) expect_same_device(g, *t);
   const int Di = static_cast<int>(D), ni = static_cast<int>(n);
   if (g.is_cuda()) enter_cuda(g);
@@ -150,12 +168,12 @@ void slice_backward(py::object grad, py::object weights, py::object volume, py::
     T* grp = gr.present ? gr.data<T>() : nullptr;
     if (g.is_cuda()) {
 #if defined(ORBITCORE_WITH_CUDA)
-      cuda::slice_backward<T>(g.data<T>(), wp, vp, V, Vg, Di, rot.data<T>(), B, ni,
+      cuda::slice_backward<T>(g.data<T>(), wp, vp, V, Vg, Di, half, rot.data<T>(), B, ni,
                               static_cast<T>(radius2), hermitian, gvp, wvp, grp,
                               reinterpret_cast<cuda::stream_t>(stream));
 #endif
     } else {
-      cpu::slice_backward<T>(g.data<T>(), wp, vp, V, Vg, Di, rot.data<T>(), B, ni,
+      cpu::slice_backward<T>(g.data<T>(), wp, vp, V, Vg, Di, half, rot.data<T>(), B, ni,
                              static_cast<T>(radius2), hermitian, gvp, wvp, grp, num_threads);
     }
   };

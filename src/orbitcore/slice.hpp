@@ -68,23 +68,25 @@ ORBITCORE_HD ORBITCORE_FORCEINLINE bool interior(T x, T y, T z, int D) {
 }
 
 // Corner (0,0,0) offset (in complex elements) and fractional parts of an interior point.
+// W is the length of an x row: D for a full volume (x centred like y and z), D / 2 + 1 for a
+// half volume (below: x index = kx, and only points with x >= 0 come here).
 template <typename T>
-ORBITCORE_HD ORBITCORE_FORCEINLINE index_t interior_base(T x, T y, T z, int D, T& tx, T& ty, T& tz) {
+ORBITCORE_HD ORBITCORE_FORCEINLINE index_t interior_base(T x, T y, T z, int D, int W, T& tx, T& ty, T& tz) {
   const T c = static_cast<T>(grid_center(D));
-  const T gx = x + c, gy = y + c, gz = z + c;
+  const T gx = x + (W == D ? c : T(0)), gy = y + c, gz = z + c;
   const int ix = floor_int(gx), iy = floor_int(gy), iz = floor_int(gz);
   tx = gx - static_cast<T>(ix);
   ty = gy - static_cast<T>(iy);
   tz = gz - static_cast<T>(iz);
-  return (static_cast<index_t>(iz) * D + iy) * D + ix;
+  return (static_cast<index_t>(iz) * D + iy) * W + ix;
 }
 
 // Trilinear value of an interior point (same result as gather(make_stencil(...))).
 template <typename T>
-ORBITCORE_HD ORBITCORE_FORCEINLINE cplx<T> gather_interior(const T* vol, int D, T x, T y, T z) {
+ORBITCORE_HD ORBITCORE_FORCEINLINE cplx<T> gather_interior(const T* vol, int D, int W, T x, T y, T z) {
   T tx, ty, tz;
-  const T* p = vol + 2 * interior_base(x, y, z, D, tx, ty, tz);
-  const index_t sy = 2 * index_t(D), sz = 2 * index_t(D) * D;
+  const T* p = vol + 2 * interior_base(x, y, z, D, W, tx, ty, tz);
+  const index_t sy = 2 * index_t(W), sz = 2 * index_t(D) * W;
   const T ux = T(1) - tx, uy = T(1) - ty, uz = T(1) - tz;
   // Each x-pair (x0, x1) is 4 contiguous reals: re0 im0 re1 im1.
   const T* r00 = p;
@@ -101,11 +103,11 @@ ORBITCORE_HD ORBITCORE_FORCEINLINE cplx<T> gather_interior(const T* vol, int D, 
 
 // Value and coordinate derivatives of an interior point.
 template <typename T>
-ORBITCORE_HD ORBITCORE_FORCEINLINE cplx<T> gather_grad_interior(const T* vol, int D, T x, T y, T z,
+ORBITCORE_HD ORBITCORE_FORCEINLINE cplx<T> gather_grad_interior(const T* vol, int D, int W, T x, T y, T z,
                                                                 cplx<T>* dval) {
   T tx, ty, tz;
-  const T* p = vol + 2 * interior_base(x, y, z, D, tx, ty, tz);
-  const index_t sy = 2 * index_t(D), sz = 2 * index_t(D) * D;
+  const T* p = vol + 2 * interior_base(x, y, z, D, W, tx, ty, tz);
+  const index_t sy = 2 * index_t(W), sz = 2 * index_t(D) * W;
   const T ux = T(1) - tx, uy = T(1) - ty, uz = T(1) - tz;
   const T* r[4] = {p, p + sy, p + sz, p + sz + sy};  // (z0,y0), (z0,y1), (z1,y0), (z1,y1)
   cplx<T> X[4], dX[4];
@@ -124,11 +126,11 @@ ORBITCORE_HD ORBITCORE_FORCEINLINE cplx<T> gather_grad_interior(const T* vol, in
 
 // Scatter of an interior point (same result as scatter(make_stencil(...))).
 template <typename T, typename Add>
-ORBITCORE_HD ORBITCORE_FORCEINLINE void scatter_interior(T* vol, int D, T x, T y, T z, cplx<T> value,
+ORBITCORE_HD ORBITCORE_FORCEINLINE void scatter_interior(T* vol, int D, int W, T x, T y, T z, cplx<T> value,
                                                          const Add& add) {
   T tx, ty, tz;
-  T* p = vol + 2 * interior_base(x, y, z, D, tx, ty, tz);
-  const index_t sy = 2 * index_t(D), sz = 2 * index_t(D) * D;
+  T* p = vol + 2 * interior_base(x, y, z, D, W, tx, ty, tz);
+  const index_t sy = 2 * index_t(W), sz = 2 * index_t(D) * W;
   const T ux = T(1) - tx, uy = T(1) - ty, uz = T(1) - tz;
   T* r[4] = {p, p + sy, p + sz, p + sz + sy};
   const T wr[4] = {uz * uy, uz * ty, tz * uy, tz * ty};
@@ -145,12 +147,12 @@ ORBITCORE_HD ORBITCORE_FORCEINLINE void scatter_interior(T* vol, int D, T x, T y
 // Fused backward of an interior point: scatter `value` into `gvol` and return the value and
 // coordinate derivatives of `vol` at the same point (one stencil for both).
 template <typename T, typename Add>
-ORBITCORE_HD ORBITCORE_FORCEINLINE void scatter_grad_interior(const T* vol, T* gvol, int D, T x, T y,
-                                                              T z, cplx<T> value, const Add& add,
+ORBITCORE_HD ORBITCORE_FORCEINLINE void scatter_grad_interior(const T* vol, T* gvol, int D, int W, T x,
+                                                              T y, T z, cplx<T> value, const Add& add,
                                                               cplx<T>* dval) {
   T tx, ty, tz;
-  const index_t base = 2 * interior_base(x, y, z, D, tx, ty, tz);
-  const index_t sy = 2 * index_t(D), sz = 2 * index_t(D) * D;
+  const index_t base = 2 * interior_base(x, y, z, D, W, tx, ty, tz);
+  const index_t sy = 2 * index_t(W), sz = 2 * index_t(D) * W;
   const T ux = T(1) - tx, uy = T(1) - ty, uz = T(1) - tz;
   const index_t off[4] = {base, base + sy, base + sz, base + sz + sy};
   const T wr[4] = {uz * uy, uz * ty, tz * uy, tz * ty};
@@ -178,7 +180,7 @@ template <typename T, typename Add>
 ORBITCORE_HD ORBITCORE_FORCEINLINE void scatter_real_interior(T* wvol, int D, T x, T y, T z, T value,
                                                               const Add& add) {
   T tx, ty, tz;
-  T* p = wvol + interior_base(x, y, z, D, tx, ty, tz);
+  T* p = wvol + interior_base(x, y, z, D, D, tx, ty, tz);
   const index_t sy = index_t(D), sz = index_t(D) * D;
   const T ux = T(1) - tx, uy = T(1) - ty, uz = T(1) - tz;
   T* r[4] = {p, p + sy, p + sz, p + sz + sy};
@@ -298,7 +300,7 @@ ORBITCORE_UNROLL
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 ORBITCORE_HD ORBITCORE_FORCEINLINE cplx<T> sample_point(const T* vol, int D, T x, T y, T z) {
-  if (interior(x, y, z, D)) return gather_interior(vol, D, x, y, z);
+  if (interior(x, y, z, D)) return gather_interior(vol, D, D, x, y, z);
   if (!touches_grid(x, y, z, D)) return make_cplx(T(0), T(0));
   Stencil<T> s;
   make_stencil(x, y, z, D, s);
@@ -309,7 +311,7 @@ ORBITCORE_HD ORBITCORE_FORCEINLINE cplx<T> sample_point(const T* vol, int D, T x
 template <typename T>
 ORBITCORE_HD ORBITCORE_FORCEINLINE cplx<T> sample_grad_point(const T* vol, int D, T x, T y, T z,
                                                              cplx<T>* dval) {
-  if (interior(x, y, z, D)) return gather_grad_interior(vol, D, x, y, z, dval);
+  if (interior(x, y, z, D)) return gather_grad_interior(vol, D, D, x, y, z, dval);
   if (!touches_grid(x, y, z, D)) {
     dval[0] = dval[1] = dval[2] = make_cplx(T(0), T(0));
     return make_cplx(T(0), T(0));
@@ -322,7 +324,7 @@ ORBITCORE_HD ORBITCORE_FORCEINLINE cplx<T> sample_grad_point(const T* vol, int D
 template <typename T, typename Add>
 ORBITCORE_HD ORBITCORE_FORCEINLINE void scatter_point(T* vol, int D, T x, T y, T z, cplx<T> value,
                                                       const Add& add) {
-  if (interior(x, y, z, D)) return scatter_interior(vol, D, x, y, z, value, add);
+  if (interior(x, y, z, D)) return scatter_interior(vol, D, D, x, y, z, value, add);
   if (!touches_grid(x, y, z, D)) return;
   Stencil<T> s;
   make_stencil(x, y, z, D, s);
@@ -333,7 +335,7 @@ ORBITCORE_HD ORBITCORE_FORCEINLINE void scatter_point(T* vol, int D, T x, T y, T
 template <typename T, typename Add>
 ORBITCORE_HD ORBITCORE_FORCEINLINE void scatter_grad_point(const T* vol, T* gvol, int D, T x, T y, T z,
                                                            cplx<T> value, const Add& add, cplx<T>* dval) {
-  if (interior(x, y, z, D)) return scatter_grad_interior(vol, gvol, D, x, y, z, value, add, dval);
+  if (interior(x, y, z, D)) return scatter_grad_interior(vol, gvol, D, D, x, y, z, value, add, dval);
   if (!touches_grid(x, y, z, D)) {
     dval[0] = dval[1] = dval[2] = make_cplx(T(0), T(0));
     return;
@@ -352,6 +354,213 @@ ORBITCORE_HD ORBITCORE_FORCEINLINE void scatter_real_point(T* wvol, int D, T x, 
   Stencil<T> s;
   make_stencil(x, y, z, D, s);
   scatter_real(wvol, s, value, add);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Half volumes. The centred FT V of a real volume of even side D obeys V(-k) = conj V(k)
+// (indices taken modulo D: the grid runs from -D/2 to D/2 - 1 on each axis). A half volume
+// stores only kx = 0 .. D/2: [z][y][x] with z, y centred as above and x = kx, so rows of
+// W = D/2 + 1 (torch.fft.rfft's layout along x, centred along z and y). A corner with kx < 0
+// is read as conj V(-k), -D/2 mapping to itself. The same corners are valid as for the full
+// volume (each of kz, ky, kx in [-D/2, D/2 - 1]), so every sample, and every gradient, equals
+// that of the full volume, rim included. Interior points take the fast paths above (a point
+// with x < 0 as the conjugate of -p, whose stencil is the mirror image of p's).
+// ---------------------------------------------------------------------------------------------
+ORBITCORE_HD ORBITCORE_FORCEINLINE int half_width(int D) { return D / 2 + 1; }
+
+// Complex-element offset in the half volume of the (valid) full-grid corner (cz, cy, cx),
+// relative to DC; `mirrored` tells whether the stored value is conj of the corner's.
+ORBITCORE_HD ORBITCORE_FORCEINLINE index_t half_offset(int D, int cz, int cy, int cx, bool& mirrored) {
+  const int h = D / 2;
+  mirrored = cx < 0;
+  if (mirrored) {
+    cx = -cx;
+    cy = cy == -h ? -h : -cy;
+    cz = cz == -h ? -h : -cz;
+  }
+  return (static_cast<index_t>(cz + h) * D + (cy + h)) * (h + 1) + cx;
+}
+
+// Per-axis stencil of the general (rim) path: first corner relative to DC, weights and weight
+// derivatives (0 for a corner outside [-D/2, D/2 - 1], as axis_stencil).
+template <typename T>
+struct HalfAxis {
+  int c0;
+  T w[2], d[2];
+};
+
+template <typename T>
+ORBITCORE_HD ORBITCORE_FORCEINLINE void half_axis(T coord, int D, HalfAxis<T>& a) {
+  const T g = coord + static_cast<T>(grid_center(D));
+  const int f = floor_int(g);
+  const T t = g - static_cast<T>(f);
+  const bool v0 = (f >= 0) && (f < D), v1 = (f + 1 >= 0) && (f + 1 < D);
+  a.c0 = f - grid_center(D);
+  a.w[0] = v0 ? T(1) - t : T(0);
+  a.w[1] = v1 ? t : T(0);
+  a.d[0] = v0 ? T(-1) : T(0);
+  a.d[1] = v1 ? T(1) : T(0);
+}
+
+// Value (and, with dval, d/d(x, y, z)) at a rim point of a half volume, corner by corner.
+template <typename T>
+ORBITCORE_HD cplx<T> gather_half_rim(const T* vol, int D, T x, T y, T z, cplx<T>* dval) {
+  HalfAxis<T> ax, ay, az;
+  half_axis(x, D, ax);
+  half_axis(y, D, ay);
+  half_axis(z, D, az);
+  const cplx<T> zero = make_cplx(T(0), T(0));
+  cplx<T> val = zero, ddx = zero, ddy = zero, ddz = zero;
+ORBITCORE_UNROLL
+  for (int a = 0; a < 2; ++a) {
+ORBITCORE_UNROLL
+    for (int b = 0; b < 2; ++b) {
+ORBITCORE_UNROLL
+      for (int c = 0; c < 2; ++c) {
+        if (az.d[a] == T(0) || ay.d[b] == T(0) || ax.d[c] == T(0)) continue;  // outside the grid
+        bool m;
+        const index_t o = half_offset(D, az.c0 + a, ay.c0 + b, ax.c0 + c, m);
+        cplx<T> v = load_cplx(vol + 2 * o);
+        if (m) v = conj(v);
+        val = val + (az.w[a] * ay.w[b] * ax.w[c]) * v;
+        ddx = ddx + (az.w[a] * ay.w[b] * ax.d[c]) * v;
+        ddy = ddy + (az.w[a] * ay.d[b] * ax.w[c]) * v;
+        ddz = ddz + (az.d[a] * ay.w[b] * ax.w[c]) * v;
+      }
+    }
+  }
+  if (dval) {
+    dval[0] = ddx;
+    dval[1] = ddy;
+    dval[2] = ddz;
+  }
+  return val;
+}
+
+// Adjoint of gather_half_rim: the corner read as conj(v) receives conj of its share.
+template <typename T, typename Add>
+ORBITCORE_HD void scatter_half_rim(T* gvol, int D, T x, T y, T z, cplx<T> value, const Add& add) {
+  HalfAxis<T> ax, ay, az;
+  half_axis(x, D, ax);
+  half_axis(y, D, ay);
+  half_axis(z, D, az);
+ORBITCORE_UNROLL
+  for (int a = 0; a < 2; ++a) {
+ORBITCORE_UNROLL
+    for (int b = 0; b < 2; ++b) {
+ORBITCORE_UNROLL
+      for (int c = 0; c < 2; ++c) {
+        const T w = az.w[a] * ay.w[b] * ax.w[c];
+        if (w == T(0)) continue;
+        bool m;
+        const index_t o = half_offset(D, az.c0 + a, ay.c0 + b, ax.c0 + c, m);
+        const cplx<T> v = m ? conj(value) : value;
+        add(gvol + 2 * o, w * v.re);
+        add(gvol + 2 * o + 1, w * v.im);
+      }
+    }
+  }
+}
+
+// Which path a point of a half volume takes: 1 the direct fast path (x >= 0, all corners
+// inside), -1 the mirrored one (x < 0, and -p's corners inside too, so no index wraps), 0 the
+// rim (or outside the grid).
+template <typename T>
+ORBITCORE_HD ORBITCORE_FORCEINLINE int half_path(T x, T y, T z, int D) {
+  if (!interior(x, y, z, D)) return 0;
+  if (x >= T(0)) return 1;
+  return interior(-x, -y, -z, D) ? -1 : 0;
+}
+
+template <typename T>
+ORBITCORE_HD ORBITCORE_FORCEINLINE cplx<T> sample_point_half(const T* vol, int D, T x, T y, T z) {
+  const int path = half_path(x, y, z, D);
+  if (path == 1) return gather_interior(vol, D, half_width(D), x, y, z);
+  if (path == -1) return conj(gather_interior(vol, D, half_width(D), -x, -y, -z));
+  if (!touches_grid(x, y, z, D)) return make_cplx(T(0), T(0));
+  return gather_half_rim(vol, D, x, y, z, static_cast<cplx<T>*>(nullptr));
+}
+
+// d/dp of conj V(-p) is -conj(V'(-p)).
+template <typename T>
+ORBITCORE_HD ORBITCORE_FORCEINLINE void mirror_dval(cplx<T>* dval) {
+  for (int i = 0; i < 3; ++i) dval[i] = make_cplx(-dval[i].re, dval[i].im);
+}
+
+template <typename T>
+ORBITCORE_HD ORBITCORE_FORCEINLINE cplx<T> sample_grad_point_half(const T* vol, int D, T x, T y, T z,
+                                                                  cplx<T>* dval) {
+  const int path = half_path(x, y, z, D);
+  if (path == 1) return gather_grad_interior(vol, D, half_width(D), x, y, z, dval);
+  if (path == -1) {
+    const cplx<T> v = gather_grad_interior(vol, D, half_width(D), -x, -y, -z, dval);
+    mirror_dval(dval);
+    return conj(v);
+  }
+  if (!touches_grid(x, y, z, D)) {
+    dval[0] = dval[1] = dval[2] = make_cplx(T(0), T(0));
+    return make_cplx(T(0), T(0));
+  }
+  return gather_half_rim(vol, D, x, y, z, dval);
+}
+
+template <typename T, typename Add>
+ORBITCORE_HD ORBITCORE_FORCEINLINE void scatter_point_half(T* gvol, int D, T x, T y, T z, cplx<T> value,
+                                                           const Add& add) {
+  const int path = half_path(x, y, z, D);
+  if (path == 1) return scatter_interior(gvol, D, half_width(D), x, y, z, value, add);
+  if (path == -1) return scatter_interior(gvol, D, half_width(D), -x, -y, -z, conj(value), add);
+  if (!touches_grid(x, y, z, D)) return;
+  scatter_half_rim(gvol, D, x, y, z, value, add);
+}
+
+template <typename T, typename Add>
+ORBITCORE_HD ORBITCORE_FORCEINLINE void scatter_grad_point_half(const T* vol, T* gvol, int D, T x, T y,
+                                                                T z, cplx<T> value, const Add& add,
+                                                                cplx<T>* dval) {
+  const int path = half_path(x, y, z, D);
+  if (path == 1) return scatter_grad_interior(vol, gvol, D, half_width(D), x, y, z, value, add, dval);
+  if (path == -1) {
+    scatter_grad_interior(vol, gvol, D, half_width(D), -x, -y, -z, conj(value), add, dval);
+    mirror_dval(dval);
+    return;
+  }
+  if (!touches_grid(x, y, z, D)) {
+    dval[0] = dval[1] = dval[2] = make_cplx(T(0), T(0));
+    return;
+  }
+  scatter_half_rim(gvol, D, x, y, z, value, add);
+  gather_half_rim(vol, D, x, y, z, dval);
+}
+
+// Dispatch on the layout (the drivers' entry points): `half` selects the half volume.
+template <typename T>
+ORBITCORE_HD ORBITCORE_FORCEINLINE cplx<T> sample_any(const T* vol, int D, bool half, T x, T y, T z) {
+  return half ? sample_point_half(vol, D, x, y, z) : sample_point(vol, D, x, y, z);
+}
+
+template <typename T>
+ORBITCORE_HD ORBITCORE_FORCEINLINE cplx<T> sample_grad_any(const T* vol, int D, bool half, T x, T y, T z,
+                                                           cplx<T>* dval) {
+  return half ? sample_grad_point_half(vol, D, x, y, z, dval) : sample_grad_point(vol, D, x, y, z, dval);
+}
+
+template <typename T, typename Add>
+ORBITCORE_HD ORBITCORE_FORCEINLINE void scatter_any(T* gvol, int D, bool half, T x, T y, T z, cplx<T> value,
+                                                    const Add& add) {
+  if (half)
+    scatter_point_half(gvol, D, x, y, z, value, add);
+  else
+    scatter_point(gvol, D, x, y, z, value, add);
+}
+
+template <typename T, typename Add>
+ORBITCORE_HD ORBITCORE_FORCEINLINE void scatter_grad_any(const T* vol, T* gvol, int D, bool half, T x, T y,
+                                                         T z, cplx<T> value, const Add& add, cplx<T>* dval) {
+  if (half)
+    scatter_grad_point_half(vol, gvol, D, x, y, z, value, add, dval);
+  else
+    scatter_grad_point(vol, gvol, D, x, y, z, value, add, dval);
 }
 
 // ---------------------------------------------------------------------------------------------

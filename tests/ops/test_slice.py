@@ -556,6 +556,21 @@ def test_cuda_matches_cpu(gen):
                                rtol=1e-4, atol=1e-4)
     c = torch.randn(50, 3, generator=gen) * 5
     torch.testing.assert_close(oc.fourier_sample(v.cuda(), c.cuda()).cpu(), oc.fourier_sample(v, c), rtol=1e-5, atol=1e-5)
+    # half volumes (kx >= 0 of a real volume's FT), rim and outside points included
+    H = fourier.fft3c_padded(torch.randn(D // 2, D // 2, D // 2, generator=gen), D, half=True)
+    M = 1.9 * R
+    for herm, rad in ((False, None), (True, 7.5)):
+        cpu = oc.fourier_slice(H, M, radius=rad, hermitian=herm, half=True, check=False)
+        gpu = oc.fourier_slice(H.cuda(), M.cuda(), radius=rad, hermitian=herm, half=True, check=False).cpu()
+        torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=1e-5)
+        Hc, Mc = H.cuda().requires_grad_(), M.cuda().requires_grad_()
+        gc = torch.autograd.grad(oc.fourier_slice(Hc, Mc, radius=rad, hermitian=herm, half=True, check=False)
+                                 .abs().sum(), (Hc, Mc))
+        Hh, Mh = H.clone().requires_grad_(), M.clone().requires_grad_()
+        gcpu = torch.autograd.grad(oc.fourier_slice(Hh, Mh, radius=rad, hermitian=herm, half=True, check=False)
+                                   .abs().sum(), (Hh, Mh))
+        for a, b in zip(gc, gcpu):
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-4)
 
 
 def test_scatter_is_deterministic_and_thread_count_independent(gen):
@@ -587,3 +602,97 @@ def test_general_linear_map_with_check_false(gen):
                                ref.fourier_slice(v, M, n=5), rtol=0, atol=1e-13)
     with pytest.raises(ValueError, match="rotation matrices"):
         oc.fourier_slice(v, M)
+
+
+# ------------------------------------------------------------------------------------------------
+# Half volumes: the kx >= 0 half of the FT of a real volume (fourier_slice(..., half=True))
+# ------------------------------------------------------------------------------------------------
+def hermitian_pair(D, gen, B=None):
+    """The centred FT of a real volume (full, differentiable in x) and its kx >= 0 half, built by
+    slicing the full one (index D/2 + j holds kx = j; kx = D/2 is kx = -D/2 by periodicity)."""
+    shape = (D, D, D) if B is None else (B, D, D, D)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    F = fourier.fft3c(x.to(C128))
+    h = D // 2
+    return x, F, torch.cat((F[..., h:], F[..., :1]), -1)
+
+
+@pytest.mark.parametrize("D", [4, 8, 10])
+@pytest.mark.parametrize("scale", [1.0, 1.9, 2.6])  # 2.6 R: points on the rim and outside the grid
+@pytest.mark.parametrize("hermitian", [False, True])
+@pytest.mark.parametrize("batched", [False, True])
+def test_half_volume_equals_full_volume(D, scale, hermitian, batched, gen):
+    B = 5
+    x, F, H = hermitian_pair(D, gen, B if batched else None)
+    M = scale * rots(B, gen)
+    for radius in (None, D / 2 - 0.7):
+        want = oc.fourier_slice(F, M, size=D + 1, radius=radius, hermitian=hermitian, check=False)
+        got = oc.fourier_slice(H, M, size=D + 1, radius=radius, hermitian=hermitian, half=True, check=False)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12 * float(want.detach().abs().max()))
+    # the gradients, to the real volume behind both layouts and to the rotations, agree too
+    Mr = M.clone().requires_grad_()
+    w = torch.randn(B, D + 1, D + 1, generator=gen, dtype=C128)
+
+    def grads(layout):
+        F2 = fourier.fft3c(x.to(C128))
+        V = F2 if layout == "full" else torch.cat((F2[..., D // 2:], F2[..., :1]), -1)
+        S = oc.fourier_slice(V, Mr, size=D + 1, radius=D / 2 - 0.7, hermitian=hermitian,
+                             half=layout == "half", check=False)
+        return torch.autograd.grad((S * w).real.sum() + S.abs().square().sum(), (x, Mr))
+
+    for a, b in zip(grads("half"), grads("full")):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * float(b.abs().max()))
+
+
+def test_half_volume_gradcheck_and_opcheck(gen):
+    D, B, n = 6, 3, 5
+    _, _, H = hermitian_pair(D, gen)
+    H = H.detach().requires_grad_()
+    R = (1.7 * rots(B, gen)).requires_grad_()
+    f = lambda v, r: torch.view_as_real(oc.fourier_slice(v, r, size=n, radius=2.6, hermitian=True,  # noqa: E731
+                                                         half=True, check=False))
+    assert torch.autograd.gradcheck(f, (H, R))
+    torch.library.opcheck(torch.ops.orbitcore.slice_forward.default, (H.detach()[None], R.detach(), n, 2.0, True))
+    g = torch.randn(B, n, n, generator=gen, dtype=C128)
+    torch.library.opcheck(torch.ops.orbitcore.slice_backward.default,
+                          (g, H.detach()[None], R.detach(), -1.0, False, True, True))
+
+
+def test_half_volume_bad_inputs(gen):
+    from orbitcore import _ext
+    R = rots(2, gen)
+    with pytest.raises(ValueError, match=r"fourier_slice: with half=True volume_ft must be a half volume "
+                                         r"\(\.\.\., D, D, D // 2 \+ 1\) of even D >= 4"):
+        oc.fourier_slice(rand_vol(6, gen), R, half=True)
+    with pytest.raises(ValueError, match="even D >= 4"):  # odd D has no half layout here
+        oc.fourier_slice(torch.zeros(7, 7, 4, dtype=C128), R, half=True)
+    with pytest.raises(ValueError, match=r"fourier_slice: volume_ft must be a cube"):
+        oc.fourier_slice(torch.zeros(6, 6, 4, dtype=C128), R)  # a half volume without half=True
+    # the binding: neither a cube nor a half volume; weights (back-projection) with a half volume
+    out = torch.empty(2, 6, 6, dtype=C128)
+    with pytest.raises(ValueError, match=r"slice_forward: volume must be a cube \(\.\., D, D, D\) or a half volume"):
+        _ext.C.slice_forward(_ext.arg(torch.zeros(1, 6, 6, 5, dtype=C128)), _ext.arg(R), _ext.arg(out), 6, -1.0,
+                             False, 1, 0)
+    g = torch.zeros(2, 6, 6, dtype=C128)
+    with pytest.raises(ValueError, match="slice_backward: weights are not supported with half volumes"):
+        _ext.C.slice_backward(_ext.arg(g), _ext.arg(torch.ones(2, 6, 6, dtype=torch.float64)), None, _ext.arg(R),
+                              _ext.arg(torch.zeros(1, 6, 6, 4, dtype=C128)), None, None, 6, -1.0, False, 1, 0)
+
+
+def test_fuzz_half_volume_against_reference():
+    g = torch.Generator().manual_seed(11)
+    for trial in range(20):
+        D = 2 * int(torch.randint(2, 7, (1,), generator=g))
+        n = int(torch.randint(1, 14, (1,), generator=g))
+        B = int(torch.randint(1, 5, (1,), generator=g))
+        radius = None if trial % 3 == 0 else float(torch.rand(1, generator=g)) * n
+        herm = bool(trial % 2)
+        x = torch.randn((B, D, D, D) if trial % 4 == 1 else (D, D, D), generator=g, dtype=torch.float64)
+        F = fourier.fft3c(x.to(C128))
+        H = torch.cat((F[..., D // 2:], F[..., :1]), -1)
+        M = (0.5 + 2.5 * float(torch.rand(1, generator=g))) * random_rotations(B, generator=g, dtype=torch.float64)
+        want = ref.fourier_slice(F, M, n=n, radius=radius, hermitian=herm)
+        got = oc.fourier_slice(H, M, size=n, radius=radius, hermitian=herm, half=True, check=False)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-11 * max(1.0, float(want.abs().max())),
+                                   msg=f"trial {trial}: D={D} n={n} B={B}")

@@ -101,14 +101,16 @@ class VoxelDecoder(nn.Module):
         padded grid is exact: ``pad · radius <= pad·D/2 - 1``."""
         return self.D / 2 - 1 / self.pad
 
-    def fourier_volume(self) -> torch.Tensor:
-        """``V̂``: complex ``(pad·D)³`` centred FT of the padded, gridding-corrected volume."""
+    def fourier_volume(self, half: bool = False) -> torch.Tensor:
+        """``V̂``: complex ``(pad·D)³`` centred FT of the padded, gridding-corrected volume (with
+        ``half``, its ``kx >= 0`` half ``(pad·D, pad·D, pad·D/2 + 1)``: see
+        :func:`orbitcore.fourier.fft3c_padded`)."""
         v = self.volume_real
         key = (v.dtype, str(v.device))
         if key not in self._gridding:  # computed in float64, cached per dtype and device
             self._gridding[key] = gridding_correction(self.pad * self.D, self.D).to(dtype=v.dtype, device=v.device)
         v = v / self._gridding[key]
-        return fourier.fft3c_padded(v, self.pad * self.D)
+        return fourier.fft3c_padded(v, self.pad * self.D, half=half)
 
     def slices(self, rotations: torch.Tensor, n: int, radius: float) -> torch.Tensor:
         """``S_i[V̂]`` (eq. 5): complex ``(B, n, n)``, zero outside ``|k| <= radius``."""
@@ -116,14 +118,19 @@ class VoxelDecoder(nn.Module):
 
     def renderer(self):
         """``slices`` as a function of ``(rotations, n, radius)`` that shares one ``V̂`` between
-        calls (one batch's renders: the volume's FT is computed once, with gradients when enabled)."""
-        V = self.fourier_volume()
+        calls (one batch's renders: the volume's FT is computed once, with gradients when enabled).
+        The FT is kept as its ``kx >= 0`` half where the padded side is even (the same slices and
+        gradients, without the Hermitian completion, half the memory)."""
+        M = self.pad * self.D
+        half = M % 2 == 0
+        V = self.fourier_volume(half=half)
 
         def render(rotations: torch.Tensor, n: int, radius: float) -> torch.Tensor:
             if radius > self.max_radius + 1e-9:
                 fail("VoxelDecoder.slices", f"radius must be <= D/2 - 1/pad = {self.max_radius:g} (where the "
                                             f"Hermitian slice is exact), got {radius:g}")
-            return fourier_slice(V, self.pad * rotations, size=n, radius=radius, hermitian=True, check=False)
+            return fourier_slice(V, self.pad * rotations, size=n, radius=radius, hermitian=True, half=half,
+                                 check=False)
 
         return render
 

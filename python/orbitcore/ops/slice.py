@@ -50,7 +50,8 @@ def _empty_like_none(ref: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 @torch.library.custom_op("orbitcore::slice_forward", mutates_args=())
 def _slice_forward(volume: Tensor, rotations: Tensor, size: int, radius: float, hermitian: bool) -> Tensor:
-    """volume (V, D, D, D) complex, rotations (B, 3, 3) -> (B, size, size) complex."""
+    """volume (V, D, D, D) complex, or a half volume (V, D, D, D // 2 + 1) (the kernel tells them
+    apart by the last axis), rotations (B, 3, 3) -> (B, size, size) complex."""
     volume, rotations = _ext.dense(volume), _ext.dense(rotations)
     out = volume.new_empty((rotations.shape[0], size, size))
     _ext.C.slice_forward(_ext.arg(volume), _ext.arg(rotations), _ext.arg(out), size, _r2(radius),
@@ -66,13 +67,13 @@ def _(volume, rotations, size, radius, hermitian):
 @torch.library.custom_op("orbitcore::slice_backward", mutates_args=())
 def _slice_backward(grad: Tensor, volume: Tensor, rotations: Tensor, radius: float, hermitian: bool,
                     need_volume: bool, need_rotations: bool) -> tuple[Tensor, Tensor]:
-    """Gradients of slice_forward: (grad_volume (V, D, D, D) or empty, grad_rotations (B, 3, 3) or empty)."""
+    """Gradients of slice_forward: (grad_volume shaped like volume, or empty; grad_rotations (B, 3, 3) or empty)."""
     grad, volume, rotations = _ext.dense(grad), _ext.dense(volume), _ext.dense(rotations)
     gv = torch.empty_like(volume) if need_volume else _empty_like_none(volume)
     gr = torch.empty_like(rotations) if need_rotations else _empty_like_none(rotations)
     _ext.C.slice_backward(_ext.arg(grad), None, _ext.arg(volume) if need_rotations else None,
                           _ext.arg(rotations), _ext.arg(gv) if need_volume else None, None,
-                          _ext.arg(gr) if need_rotations else None, volume.shape[-1], _r2(radius),
+                          _ext.arg(gr) if need_rotations else None, volume.shape[-2], _r2(radius),
                           hermitian, _ext.threads(), _ext.stream(grad))
     return gv, gr
 
@@ -232,9 +233,18 @@ torch.library.register_autograd("orbitcore::sample_backward", _no_double_backwar
 # ----------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------
-def _volume_arg(fn: str, volume_ft) -> tuple[Tensor, str, bool]:
+def _volume_arg(fn: str, volume_ft, half: bool = False) -> tuple[Tensor, str, bool]:
     vol, kind = to_tensor(volume_ft, fn, "volume_ft")
     check_complex(fn, "volume_ft", vol, hint=" (the centred FT of a volume: orbitcore.fourier.fft3c)")
+    if half:
+        check_ndim(fn, "volume_ft", vol, (3, 4), "(D, D, D // 2 + 1) or (B, D, D, D // 2 + 1)")
+        D = vol.shape[-2]
+        if vol.shape[-3] != D or D % 2 or D < 4 or vol.shape[-1] != D // 2 + 1:
+            fail(fn, "with half=True volume_ft must be a half volume (..., D, D, D // 2 + 1) of even D >= 4 "
+                     f"(orbitcore.fourier.fft3c_padded(..., half=True)), got {tuple(vol.shape)}")
+        check_kernel_device(fn, "volume_ft", vol)
+        batched = vol.dim() == 4
+        return (vol if batched else vol[None]), kind, batched
     check_ndim(fn, "volume_ft", vol, (3, 4), "(D, D, D) or (B, D, D, D)")
     D = vol.shape[-1]
     if vol.shape[-3] != D or vol.shape[-2] != D:
@@ -269,7 +279,7 @@ def _radius_arg(fn: str, radius) -> float:
 
 
 def fourier_slice(volume_ft, rotations, size: int | None = None, radius: float | None = None, *,
-                  hermitian: bool = False, check: bool = True):
+                  hermitian: bool = False, half: bool = False, check: bool = True):
     """Central slices of a centred Fourier volume: ``S[b, ky, kx] = V_b(R_b @ (kx, ky, 0))``.
 
     Args:
@@ -285,6 +295,13 @@ def fourier_slice(volume_ft, rotations, size: int | None = None, radius: float |
         hermitian: the volume is the FT of a *real* volume. Only half of each slice is
             interpolated, the other half is ``S(-k) = conj(S(k))``. Exact for odd ``D`` (and for
             even ``D`` inside ``radius < D/2 - 1``); about 2x faster.
+        half: ``volume_ft`` holds only the ``kx >= 0`` half of the centred FT of a *real* volume
+            of even side ``D >= 4``: shape ``(D, D, D // 2 + 1)`` or ``(B, D, D, D // 2 + 1)``,
+            ``kz, ky`` centred (DC at ``D // 2``) and the last index equal to ``kx`` (what
+            :func:`orbitcore.fourier.fft3c_padded` returns with ``half=True``). Points with
+            ``kx < 0`` read ``conj V(-k)``. The slices and the gradients to the rotations equal
+            those of the full volume; the gradient to the volume is a half volume. Half the
+            memory, and no Hermitian completion of the volume.
         check: validate rotation values (finite, orthogonal). Skipped under ``torch.compile``.
             With ``check=False`` any real 3×3 matrices are accepted: the plane is
             ``M @ (kx, ky, 0)`` for a general linear map ``M``. For example ``pad * R`` samples a
@@ -298,9 +315,9 @@ def fourier_slice(volume_ft, rotations, size: int | None = None, radius: float |
         trilinear weights). Points farther than one voxel outside the grid sample 0.
     """
     fn = "fourier_slice"
-    vol, kind, _ = _volume_arg(fn, volume_ft)
+    vol, kind, _ = _volume_arg(fn, volume_ft, bool(half))
     R, single = _rotations_arg(fn, rotations, vol, "volume_ft", check)
-    D = vol.shape[-1]
+    D = vol.shape[-2]
     n = D if size is None else check_int(fn, "size", size, minimum=1)
     r = _radius_arg(fn, radius)
     if vol.shape[0] != 1 and vol.shape[0] != R.shape[0]:

@@ -40,8 +40,8 @@ void disk_row_range(int ky, int n, T radius2, int& lo, int& hi) {
 
 // Forward work of one plane row: samples of the disk part, zeros outside it, mirrors.
 template <typename T>
-__attribute__((noinline)) void forward_row(const T* v, int D, const T* R, int n, int ky, T radius2,
-                                           bool hermitian, T* plane) {
+__attribute__((noinline)) void forward_row(const T* v, int D, bool half, const T* R, int n, int ky,
+                                           T radius2, bool hermitian, T* plane) {
   const int c = grid_center(n), lo = freq_min(n), hi = freq_max(n);
   T* row = plane + 2 * index_t(ky + c) * n;
   int a, e;
@@ -60,7 +60,7 @@ __attribute__((noinline)) void forward_row(const T* v, int D, const T* R, int n,
     const int role = slice::point_role(kx, ky, n, hermitian);
     if (role == kSkip) continue;
     const T fx = static_cast<T>(kx);
-    const cplx<T> val = slice::sample_point(v, D, r0 * fx + r1 * fy, r3 * fx + r4 * fy, r6 * fx + r7 * fy);
+    const cplx<T> val = slice::sample_any(v, D, half, r0 * fx + r1 * fy, r3 * fx + r4 * fy, r6 * fx + r7 * fy);
     store_cplx(row + 2 * (kx + c), val);
     if (role == kMirror) store_cplx(plane + 2 * (index_t(-ky + c) * n + (-kx + c)), conj(val));
   }
@@ -69,8 +69,8 @@ __attribute__((noinline)) void forward_row(const T* v, int D, const T* R, int n,
 // Scatter (and rotation-gradient) work of one plane row.
 template <typename T, typename Add>
 __attribute__((noinline)) void backward_row(const T* g_plane, const T* w_plane, const T* v, int D,
-                                            const T* R, int n, int ky, T radius2, bool hermitian, T* gv,
-                                            T* wv, double* rpart, const Add& add) {
+                                            bool half, const T* R, int n, int ky, T radius2,
+                                            bool hermitian, T* gv, T* wv, double* rpart, const Add& add) {
   int a, e;
   disk_row_range(ky, n, radius2, a, e);
   const T r0 = R[0], r1 = R[1], r3 = R[3], r4 = R[4], r6 = R[6], r7 = R[7];
@@ -84,13 +84,13 @@ __attribute__((noinline)) void backward_row(const T* g_plane, const T* w_plane, 
     const cplx<T> geff = slice::effective_grad(g_plane, n, kx, ky, role);
     if (wv) slice::scatter_real_point(wv, D, x, y, z, slice::effective_weight(w_plane, n, kx, ky, role), add);
     if (!rpart) {
-      if (gv) slice::scatter_point(gv, D, x, y, z, geff, add);
+      if (gv) slice::scatter_any(gv, D, half, x, y, z, geff, add);
     } else {
       cplx<T> dval[3];
       if (gv)
-        slice::scatter_grad_point(v, gv, D, x, y, z, geff, add, dval);
+        slice::scatter_grad_any(v, gv, D, half, x, y, z, geff, add, dval);
       else
-        slice::sample_grad_point(v, D, x, y, z, dval);
+        slice::sample_grad_any(v, D, half, x, y, z, dval);
       T dp[3];
       slice::point_grad(geff, dval, dp);
       for (int i = 0; i < 3; ++i) {
@@ -106,30 +106,30 @@ __attribute__((noinline)) void backward_row(const T* g_plane, const T* w_plane, 
 }  // namespace
 
 template <typename T>
-void slice_forward(const T* vol, index_t V, int D, const T* rot, index_t B, int n, T radius2,
+void slice_forward(const T* vol, index_t V, int D, bool half, const T* rot, index_t B, int n, T radius2,
                    bool hermitian, T* out, int num_threads) {
   const int nt = threads_for(num_threads, B * n * n);
-  const index_t vs = index_t(D) * D * D;
+  const index_t vs = index_t(D) * D * (half ? slice::half_width(D) : D);
   const int lo = freq_min(n);
   const index_t items = B * n;
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (index_t it = 0; it < items; ++it) {
     const index_t b = it / n;
-    forward_row(vol + 2 * vs * (V == 1 ? 0 : b), D, rot + 9 * b, n, static_cast<int>(it % n) + lo,
+    forward_row(vol + 2 * vs * (V == 1 ? 0 : b), D, half, rot + 9 * b, n, static_cast<int>(it % n) + lo,
                 radius2, hermitian, out + 2 * index_t(n) * n * b);
   }
 }
 
 template <typename T>
-void slice_backward(const T* g, const T* w, const T* vol, index_t V, index_t Vg, int D, const T* rot,
-                    index_t B, int n, T radius2, bool hermitian, T* grad_vol, T* wvol,
+void slice_backward(const T* g, const T* w, const T* vol, index_t V, index_t Vg, int D, bool half,
+                    const T* rot, index_t B, int n, T radius2, bool hermitian, T* grad_vol, T* wvol,
                     T* grad_rot, int num_threads) {
   int nt = threads_for(num_threads, B * n * n);
-  const index_t vs = index_t(D) * D * D;
+  const index_t vs = index_t(D) * D * (half ? slice::half_width(D) : D);
   const index_t plane = index_t(n) * n;
   const int lo = freq_min(n);
   if (grad_vol) std::fill(grad_vol, grad_vol + 2 * vs * Vg, T(0));
-  if (wvol) std::fill(wvol, wvol + vs, T(0));
+  if (wvol) std::fill(wvol, wvol + vs, T(0));  // full volumes only (the binding checks)
   std::vector<double> part;
   if (grad_rot) part.assign(static_cast<std::size_t>(B * n * 6), 0.0);
   auto vol_of = [&](index_t b) { return vol ? vol + 2 * vs * (V == 1 ? 0 : b) : nullptr; };
@@ -140,7 +140,7 @@ void slice_backward(const T* g, const T* w, const T* vol, index_t V, index_t Vg,
     for (index_t b = 0; b < B; ++b) {
       const PlainAdd<T> add;
       for (int r = 0; r < n; ++r)
-        backward_row(g + 2 * plane * b, w ? w + plane * b : nullptr, vol_of(b), D, rot + 9 * b, n,
+        backward_row(g + 2 * plane * b, w ? w + plane * b : nullptr, vol_of(b), D, half, rot + 9 * b, n,
                      r + lo, radius2, hermitian, grad_vol + 2 * vs * b, static_cast<T*>(nullptr),
                      grad_rot ? &part[static_cast<std::size_t>((b * n + r) * 6)] : nullptr, add);
     }
@@ -166,10 +166,10 @@ void slice_backward(const T* g, const T* w, const T* vol, index_t V, index_t Vg,
         const int r = static_cast<int>(it % n);
         double* rp = grad_rot ? &part[static_cast<std::size_t>(it * 6)] : nullptr;
         if (use_private || nt == 1) {
-          backward_row(g + 2 * plane * b, w ? w + plane * b : nullptr, vol_of(b), D, rot + 9 * b, n,
+          backward_row(g + 2 * plane * b, w ? w + plane * b : nullptr, vol_of(b), D, half, rot + 9 * b, n,
                        r + lo, radius2, hermitian, gv, wv, rp, PlainAdd<T>());
         } else {
-          backward_row(g + 2 * plane * b, w ? w + plane * b : nullptr, vol_of(b), D, rot + 9 * b, n,
+          backward_row(g + 2 * plane * b, w ? w + plane * b : nullptr, vol_of(b), D, half, rot + 9 * b, n,
                        r + lo, radius2, hermitian, gv, wv, rp, AtomicAdd<T>());
         }
       }
@@ -256,10 +256,10 @@ void sample_backward(const T* g, const T* vol, index_t V, int D, const T* coords
 }
 
 #define ORBITCORE_INSTANTIATE(T)                                                                 \
-  template void slice_forward<T>(const T*, index_t, int, const T*, index_t, int, T, bool, T*,   \
-                                 int);                                                           \
-  template void slice_backward<T>(const T*, const T*, const T*, index_t, index_t, int, const T*, \
-                                  index_t, int, T, bool, T*, T*, T*, int);                       \
+  template void slice_forward<T>(const T*, index_t, int, bool, const T*, index_t, int, T, bool, T*, \
+                                 int);                                                             \
+  template void slice_backward<T>(const T*, const T*, const T*, index_t, index_t, int, bool,       \
+                                  const T*, index_t, int, T, bool, T*, T*, T*, int);               \
   template void sample_forward<T>(const T*, index_t, int, const T*, index_t, T*, int);          \
   template void sample_backward<T>(const T*, const T*, index_t, int, const T*, index_t, T*, T*, \
                                    int);

@@ -13,7 +13,7 @@ constexpr unsigned kThreads = 256;
 constexpr unsigned kMaxGridY = 65535;
 
 template <typename T>
-__global__ void slice_forward_kernel(const T* __restrict__ vol, index_t V, int D,
+__global__ void slice_forward_kernel(const T* __restrict__ vol, index_t V, int D, bool half,
                                      const T* __restrict__ rot, index_t B, int n, T radius2,
                                      bool hermitian, T* __restrict__ out) {
   const index_t plane = index_t(n) * n;
@@ -21,7 +21,7 @@ __global__ void slice_forward_kernel(const T* __restrict__ vol, index_t V, int D
   if (p >= plane) return;
   const int c = grid_center(n);
   const int ky = static_cast<int>(p / n) - c, kx = static_cast<int>(p % n) - c;
-  const index_t vs = index_t(D) * D * D;
+  const index_t vs = index_t(D) * D * (half ? slice::half_width(D) : D);
   for (index_t b = blockIdx.y; b < B; b += gridDim.y) {
     T* o = out + 2 * plane * b;
     if (!slice::in_disk(kx, ky, radius2)) {
@@ -34,7 +34,9 @@ __global__ void slice_forward_kernel(const T* __restrict__ vol, index_t V, int D
     T x, y, z;
     slice::plane_point(R, T(kx), T(ky), x, y, z);
     cplx<T> val = make_cplx(T(0), T(0));
-    if (slice::touches_grid(x, y, z, D)) {
+    if (half) {
+      val = slice::sample_point_half(vol + 2 * vs * (V == 1 ? 0 : b), D, x, y, z);
+    } else if (slice::touches_grid(x, y, z, D)) {
       slice::Stencil<T> s;
       slice::make_stencil(x, y, z, D, s);
       val = slice::gather(vol + 2 * vs * (V == 1 ? 0 : b), s);
@@ -47,14 +49,14 @@ __global__ void slice_forward_kernel(const T* __restrict__ vol, index_t V, int D
 template <typename T>
 __global__ void slice_backward_kernel(const T* __restrict__ g, const T* __restrict__ w,
                                       const T* __restrict__ vol, index_t V, index_t Vg, int D,
-                                      const T* __restrict__ rot, index_t B, int n, T radius2,
-                                      bool hermitian, T* grad_vol, T* wvol, T* grad_rot) {
+                                      bool half, const T* __restrict__ rot, index_t B, int n,
+                                      T radius2, bool hermitian, T* grad_vol, T* wvol, T* grad_rot) {
   __shared__ T red[32];
   const index_t plane = index_t(n) * n;
   const index_t p = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int c = grid_center(n);
   const int ky = static_cast<int>(p / n) - c, kx = static_cast<int>(p % n) - c;
-  const index_t vs = index_t(D) * D * D;
+  const index_t vs = index_t(D) * D * (half ? slice::half_width(D) : D);
   const AtomicAdd<T> add;
   for (index_t b = blockIdx.y; b < B; b += gridDim.y) {
     T dp[3] = {T(0), T(0), T(0)};
@@ -64,7 +66,21 @@ __global__ void slice_backward_kernel(const T* __restrict__ g, const T* __restri
     if (role != slice::kSkip) {
       T x, y, z;
       slice::plane_point(rot + 9 * b, T(kx), T(ky), x, y, z);
-      if (slice::touches_grid(x, y, z, D)) {
+      if (half) {  // half volumes (no weights: the binding checks)
+        const cplx<T> geff = slice::effective_grad(g + 2 * plane * b, n, kx, ky, role);
+        T* gv = grad_vol ? grad_vol + 2 * vs * (Vg == 1 ? 0 : b) : nullptr;
+        if (grad_rot) {
+          cplx<T> dval[3];
+          const T* v = vol + 2 * vs * (V == 1 ? 0 : b);
+          if (gv)
+            slice::scatter_grad_point_half(v, gv, D, x, y, z, geff, add, dval);
+          else
+            slice::sample_grad_point_half(v, D, x, y, z, dval);
+          slice::point_grad(geff, dval, dp);
+        } else if (gv) {
+          slice::scatter_point_half(gv, D, x, y, z, geff, add);
+        }
+      } else if (slice::touches_grid(x, y, z, D)) {
         slice::Stencil<T> s;
         slice::make_stencil(x, y, z, D, s);
         const cplx<T> geff = slice::effective_grad(g + 2 * plane * b, n, kx, ky, role);
@@ -139,25 +155,25 @@ dim3 plane_grid(int n, index_t B) {
 }  // namespace
 
 template <typename T>
-void slice_forward(const T* vol, index_t V, int D, const T* rot, index_t B, int n, T radius2,
+void slice_forward(const T* vol, index_t V, int D, bool half, const T* rot, index_t B, int n, T radius2,
                    bool hermitian, T* out, stream_t stream) {
   if (B == 0 || n == 0) return;
-  slice_forward_kernel<T><<<plane_grid(n, B), kThreads, 0, stream>>>(vol, V, D, rot, B, n, radius2,
+  slice_forward_kernel<T><<<plane_grid(n, B), kThreads, 0, stream>>>(vol, V, D, half, rot, B, n, radius2,
                                                                      hermitian, out);
   check_launch("slice_forward");
 }
 
 template <typename T>
-void slice_backward(const T* g, const T* w, const T* vol, index_t V, index_t Vg, int D, const T* rot,
-                    index_t B, int n, T radius2, bool hermitian, T* grad_vol, T* wvol,
+void slice_backward(const T* g, const T* w, const T* vol, index_t V, index_t Vg, int D, bool half,
+                    const T* rot, index_t B, int n, T radius2, bool hermitian, T* grad_vol, T* wvol,
                     T* grad_rot, stream_t stream) {
-  const index_t vs = index_t(D) * D * D;
+  const index_t vs = index_t(D) * D * (half ? slice::half_width(D) : D);
   if (grad_vol) check_cuda(cudaMemsetAsync(grad_vol, 0, sizeof(T) * 2 * vs * Vg, stream), "slice_backward");
   if (wvol) check_cuda(cudaMemsetAsync(wvol, 0, sizeof(T) * vs, stream), "slice_backward");
   if (grad_rot) check_cuda(cudaMemsetAsync(grad_rot, 0, sizeof(T) * 9 * B, stream), "slice_backward");
   if (B == 0 || n == 0) return;
   slice_backward_kernel<T><<<plane_grid(n, B), kThreads, 0, stream>>>(
-      g, w, vol, V, Vg, D, rot, B, n, radius2, hermitian, grad_vol, wvol, grad_rot);
+      g, w, vol, V, Vg, D, half, rot, B, n, radius2, hermitian, grad_vol, wvol, grad_rot);
   check_launch("slice_backward");
 }
 
@@ -181,10 +197,10 @@ void sample_backward(const T* g, const T* vol, index_t V, int D, const T* coords
 }
 
 #define ORBITCORE_INSTANTIATE(T)                                                                  \
-  template void slice_forward<T>(const T*, index_t, int, const T*, index_t, int, T, bool, T*,    \
-                                 stream_t);                                                       \
-  template void slice_backward<T>(const T*, const T*, const T*, index_t, index_t, int, const T*,  \
-                                  index_t, int, T, bool, T*, T*, T*, stream_t);                   \
+  template void slice_forward<T>(const T*, index_t, int, bool, const T*, index_t, int, T, bool, T*, \
+                                 stream_t);                                                          \
+  template void slice_backward<T>(const T*, const T*, const T*, index_t, index_t, int, bool,         \
+                                  const T*, index_t, int, T, bool, T*, T*, T*, stream_t);            \
   template void sample_forward<T>(const T*, index_t, int, const T*, index_t, T*, stream_t);      \
   template void sample_backward<T>(const T*, const T*, index_t, int, const T*, index_t, T*, T*,  \
                                    stream_t);

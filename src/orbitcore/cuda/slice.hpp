@@ -9,12 +9,12 @@ namespace orbitcore {
 namespace cuda {
 
 template <typename T>
-void slice_forward(const T* vol, index_t V, int D, const T* rot, index_t B, int n, T radius2,
+void slice_forward(const T* vol, index_t V, int D, bool half, const T* rot, index_t B, int n, T radius2,
                    bool hermitian, T* out, stream_t stream);
 
 template <typename T>
-void slice_backward(const T* g, const T* w, const T* vol, index_t V, index_t Vg, int D, const T* rot,
-                    index_t B, int n, T radius2, bool hermitian, T* grad_vol, T* wvol,
+void slice_backward(const T* g, const T* w, const T* vol, index_t V, index_t Vg, int D, bool half,
+                    const T* rot, index_t B, int n, T radius2, bool hermitian, T* grad_vol, T* wvol,
                     T* grad_rot, stream_t stream);
 
 template <typename T>
