@@ -253,9 +253,9 @@ class _PaddedFFT3(torch.autograd.Function):
         h = N // 2
         if ctx.half:
             # Re(A^H G) for the rows A of kx = 0 .. h: the irfft below counts kx = 1 .. h-1
-            # twice (as kx and -kx) and takes the real part of kx = 0 and h, so halve the former
-            Gh = G.clone()
-            Gh[..., 1:h] *= 0.5
+            # twice (as kx and -kx) and takes the real part of kx = 0 and h, so kx = 1 .. h-1 are
+            # halved, after the kz, ky transforms and crops (they act on the other axes)
+            Gh = G
         else:
             # d Re<F x, G> / dx = Re(F^H G) on the D³ support = F^H of the Hermitian part of G,
             # evaluated from its kx >= 0 half with pruned inverse transforms (irfft last).
@@ -263,7 +263,9 @@ class _PaddedFFT3(torch.autograd.Function):
             Gn = _mirror_zy(G[..., :h + 1].flip(-1), conj=True)  # conj G(-k) for kx = 0 .. h
             Gh = 0.5 * (Gp + Gn)
         g = _crop(torch.fft.ifft(Gh, dim=-3), -3, D)
-        g = _crop(torch.fft.ifft(g, dim=-2), -2, D)
+        g = _crop(torch.fft.ifft(g, dim=-2), -2, D)              # a new (..., D, D, h+1) array
+        if ctx.half:
+            g[..., 1:h] *= 0.5
         g = _crop(torch.fft.irfft(g, n=N, dim=-1), -1, D)
         return g * (_checker(D, g.dtype, g.device) * float(N) ** 3), None, None
 
