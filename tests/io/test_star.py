@@ -237,3 +237,12 @@ def test_relion_euler_convention_matches_relion_direction(tmp_path):
     want = torch.tensor([math.cos(rot) * math.sin(tilt), math.sin(rot) * math.sin(tilt), math.cos(tilt)],
                         dtype=torch.float64)
     torch.testing.assert_close(t.rotations()[0][:, 2], want)
+
+
+def test_particle_table_write_names_itself_in_errors(tmp_path):
+    t = read_star(write(tmp_path, "p31.star", STAR31))
+    with pytest.raises(ValueError, match=r"^ParticleTable\.write: version must be '3\.0' or '3\.1', got '2\.0'"):
+        t.write(tmp_path / "x.star", version="2.0")
+    with pytest.raises(ValueError, match=r"^write_star: version must be '3\.0' or '3\.1', got '2\.0'"):
+        write_star(tmp_path / "x.star", t, version="2.0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p31.star"]  # nothing written

@@ -263,7 +263,7 @@ class ParticleTable:
 
     def write(self, path, *, version: str | None = None) -> pathlib.Path:
         """Write as a STAR file (atomically); see :func:`write_star`."""
-        return write_star(path, self, version=version)
+        return _write_star("ParticleTable.write", path, self, version=version)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,9 +422,14 @@ def write_star(path, table: ParticleTable, *, version: str | None = None, float_
     ``rlnMagnification`` 10000. Floats are written with 9 significant digits (float32 values
     round-trip exactly).
     """
+    return _write_star("write_star", path, table, version=version, float_format=float_format)
+
+
+def _write_star(fn: str, path, table: ParticleTable, *, version: str | None = None,
+                float_format: str = "%.9g") -> pathlib.Path:
+    """:func:`write_star` with errors naming ``fn`` (the public caller)."""
     import starfile  # noqa: PLC0415
 
-    fn = "write_star"
     if not isinstance(table, ParticleTable):
         fail(fn, f"table must be a ParticleTable, got {type(table).__name__}", TypeError)
     version = version or table.version
