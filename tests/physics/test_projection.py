@@ -7,11 +7,13 @@ import torch
 
 from orbitcore import fourier
 from orbitcore.geometry import axis_angle_to_matrix, random_rotations
+from orbitcore.ops import fourier_slice
 from orbitcore.physics import (
     CTFParams,
     Projector,
     backproject,
     gaussian_mixture_volume,
+    prepare_volume_ft,
     project,
     rotate180,
     shift_images,
@@ -163,3 +165,22 @@ def test_demo_still_runs(tmp_path):
     assert (tmp_path / "demo" / "reconstruction.mrc").is_file()
     assert (tmp_path / "demo" / "summary.json").is_file()
     assert s["resolution_05_A"] < 4 * 2.0 * 2  # far better than a quarter of Nyquist
+
+
+@pytest.mark.parametrize("D", [8, 9])
+def test_projector_half_volume_equals_full_volume(D, gen):
+    # even padded sides keep the kx >= 0 half of the FT: same images and gradients as the full FT
+    v = torch.randn(D, D, D, generator=gen, dtype=torch.float64, requires_grad=True)
+    R = random_rotations(6, generator=gen, dtype=torch.float64)
+    proj = Projector(v, pad=2)
+    assert proj.half and proj.volume_ft.shape == (2 * D, 2 * D, D + 1)
+    full = fourier_slice(prepare_volume_ft(v, 2), 2 * R, size=D, radius=proj.radius, hermitian=True, check=False)
+    got = proj.fourier(R)
+    torch.testing.assert_close(got, full, rtol=0, atol=1e-12 * float(full.detach().abs().max()))
+    w = torch.randn(6, D, D, generator=gen, dtype=torch.complex128)
+    g1, = torch.autograd.grad((got * w).real.sum(), v)
+    g2, = torch.autograd.grad((full * w).real.sum(), v)
+    torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-12)
+    assert not Projector(v.detach()[:7, :7, :7], pad=1).half  # odd padded side: the full FT
+    with pytest.raises(ValueError, match="prepare_volume_ft: half=True needs an even padded side"):
+        prepare_volume_ft(v.detach()[:7, :7, :7], 1, half=True)

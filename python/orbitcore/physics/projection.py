@@ -60,10 +60,12 @@ def _pad_center(x: torch.Tensor, N: int) -> torch.Tensor:
     return out
 
 
-def prepare_volume_ft(volume: torch.Tensor, pad: int = 2) -> torch.Tensor:
+def prepare_volume_ft(volume: torch.Tensor, pad: int = 2, *, half: bool = False) -> torch.Tensor:
     """Padded, gridding-corrected centred FT ``(pad·D)³`` of a real ``(D, D, D)`` volume, ready
     for :func:`orbitcore.fourier_slice` / :func:`orbitcore.fourier_sample` at coordinates
-    scaled by ``pad``; compute it once when projecting one volume many times. Differentiable."""
+    scaled by ``pad``; compute it once when projecting one volume many times. Differentiable.
+    With ``half`` (even ``pad·D`` only): its ``kx >= 0`` half ``(N, N, N // 2 + 1)``, for
+    ``fourier_slice(..., half=True)`` (see :func:`orbitcore.fourier.fft3c_padded`)."""
     fn = "prepare_volume_ft"
     volume, kind = to_tensor(volume, fn, "volume")  # no finiteness check: it runs in training loops
     if volume.is_complex():
@@ -73,7 +75,12 @@ def prepare_volume_ft(volume: torch.Tensor, pad: int = 2) -> torch.Tensor:
     D = volume.shape[-1]
     N = check_int(fn, "pad", pad, minimum=1) * D
     corr = gridding_correction(N, D, dtype=volume.dtype, device=volume.device)
-    return from_tensor(fourier.fft3c_padded(volume / corr, N), kind)  # = fft3c(_pad_center(volume / corr, N)), pruned
+    if not isinstance(half, bool):
+        fail(fn, f"half must be a bool, got {type(half).__name__}", TypeError)
+    if half and (N % 2 or N < 4):
+        fail(fn, f"half=True needs an even padded side pad·D >= 4, got {N}")
+    # = fft3c(_pad_center(volume / corr, N)) (or its kx >= 0 half), pruned
+    return from_tensor(fourier.fft3c_padded(volume / corr, N, half=half), kind)
 
 
 def _volume_arg(fn: str, volume) -> tuple[torch.Tensor, str]:
@@ -147,7 +154,10 @@ class Projector:
         self.D = vol.shape[-1]
         self.dtype = vol.dtype
         self.device = vol.device
-        self.volume_ft = prepare_volume_ft(vol, self.pad)
+        # the kx >= 0 half of the padded FT where its side is even (half the memory; the same
+        # slices and gradients as the full one)
+        self.half = (self.pad * self.D) % 2 == 0 and self.pad * self.D >= 4
+        self.volume_ft = prepare_volume_ft(vol, self.pad, half=self.half)
         # Frequencies beyond the padded grid's exactly Hermitian ball |pad·k| <= N/2 - 1 are set
         # to 0 (they are beyond the image's Nyquist circle anyway): images are then exactly
         # real-symmetric, so shifts, the CTF and the 180° rotation commute with taking real parts.
@@ -167,7 +177,7 @@ class Projector:
             Rb = R[i:i + batch_size]
             # sample the padded FT at the image-box frequencies: pad · R · (kx, ky, 0)
             S = fourier_slice(self.volume_ft, self.pad * Rb, size=D, radius=self.radius, hermitian=True,
-                              check=False)
+                              half=self.half, check=False)
             if t is not None:
                 S = S * shift_phases(D, t[i:i + batch_size], dtype=ctype, device=self.device)
             if C is not None:
