@@ -364,7 +364,9 @@ ORBITCORE_HD ORBITCORE_FORCEINLINE void scatter_real_point(T* wvol, int D, T x, 
 // is read as conj V(-k), -D/2 mapping to itself. The same corners are valid as for the full
 // volume (each of kz, ky, kx in [-D/2, D/2 - 1]), so every sample, and every gradient, equals
 // that of the full volume, rim included. Interior points take the fast paths above (a point
-// with x < 0 as the conjugate of -p, whose stencil is the mirror image of p's).
+// with x < 0 as the conjugate of -p, whose stencil is the mirror image of p's; that reads the
+// kx = 0 plane at -k where the rim path reads it at k, the same value because that plane of a
+// real volume's FT is itself Hermitian). D >= 4 even, so W = D/2 + 1 < D (interior_base).
 // ---------------------------------------------------------------------------------------------
 ORBITCORE_HD ORBITCORE_FORCEINLINE int half_width(int D) { return D / 2 + 1; }
 
