@@ -404,15 +404,23 @@ ORBITCORE_HD ORBITCORE_FORCEINLINE void half_axis(T coord, int D, HalfAxis<T>& a
   a.d[1] = v1 ? T(1) : T(0);
 }
 
-// Value (and, with dval, d/d(x, y, z)) at a rim point of a half volume, corner by corner.
+// The valid corners of a rim point of a half volume: offsets, whether each is read conjugated,
+// and the trilinear weight and its x, y, z derivatives (products of the per-axis factors).
 template <typename T>
-ORBITCORE_HD cplx<T> gather_half_rim(const T* vol, int D, T x, T y, T z, cplx<T>* dval) {
+struct HalfRim {
+  int count;
+  index_t off[8];
+  bool mirrored[8];
+  T w[8], wx[8], wy[8], wz[8];
+};
+
+template <typename T>
+ORBITCORE_HD ORBITCORE_FORCEINLINE void half_rim_corners(int D, T x, T y, T z, HalfRim<T>& r) {
   HalfAxis<T> ax, ay, az;
   half_axis(x, D, ax);
   half_axis(y, D, ay);
   half_axis(z, D, az);
-  const cplx<T> zero = make_cplx(T(0), T(0));
-  cplx<T> val = zero, ddx = zero, ddy = zero, ddz = zero;
+  r.count = 0;
 ORBITCORE_UNROLL
   for (int a = 0; a < 2; ++a) {
 ORBITCORE_UNROLL
@@ -420,16 +428,31 @@ ORBITCORE_UNROLL
 ORBITCORE_UNROLL
       for (int c = 0; c < 2; ++c) {
         if (az.d[a] == T(0) || ay.d[b] == T(0) || ax.d[c] == T(0)) continue;  // outside the grid
-        bool m;
-        const index_t o = half_offset(D, az.c0 + a, ay.c0 + b, ax.c0 + c, m);
-        cplx<T> v = load_cplx(vol + 2 * o);
-        if (m) v = conj(v);
-        val = val + (az.w[a] * ay.w[b] * ax.w[c]) * v;
-        ddx = ddx + (az.w[a] * ay.w[b] * ax.d[c]) * v;
-        ddy = ddy + (az.w[a] * ay.d[b] * ax.w[c]) * v;
-        ddz = ddz + (az.d[a] * ay.w[b] * ax.w[c]) * v;
+        const int k = r.count++;
+        r.off[k] = half_offset(D, az.c0 + a, ay.c0 + b, ax.c0 + c, r.mirrored[k]);
+        r.w[k] = az.w[a] * ay.w[b] * ax.w[c];
+        r.wx[k] = az.w[a] * ay.w[b] * ax.d[c];
+        r.wy[k] = az.w[a] * ay.d[b] * ax.w[c];
+        r.wz[k] = az.d[a] * ay.w[b] * ax.w[c];
       }
     }
+  }
+}
+
+// Value (and, with dval, d/d(x, y, z)) at a rim point of a half volume, corner by corner.
+template <typename T>
+ORBITCORE_HD cplx<T> gather_half_rim(const T* vol, int D, T x, T y, T z, cplx<T>* dval) {
+  HalfRim<T> r;
+  half_rim_corners(D, x, y, z, r);
+  const cplx<T> zero = make_cplx(T(0), T(0));
+  cplx<T> val = zero, ddx = zero, ddy = zero, ddz = zero;
+  for (int k = 0; k < r.count; ++k) {
+    cplx<T> v = load_cplx(vol + 2 * r.off[k]);
+    if (r.mirrored[k]) v = conj(v);
+    val = val + r.w[k] * v;
+    ddx = ddx + r.wx[k] * v;
+    ddy = ddy + r.wy[k] * v;
+    ddz = ddz + r.wz[k] * v;
   }
   if (dval) {
     dval[0] = ddx;
@@ -442,25 +465,12 @@ ORBITCORE_UNROLL
 // Adjoint of gather_half_rim: the corner read as conj(v) receives conj of its share.
 template <typename T, typename Add>
 ORBITCORE_HD void scatter_half_rim(T* gvol, int D, T x, T y, T z, cplx<T> value, const Add& add) {
-  HalfAxis<T> ax, ay, az;
-  half_axis(x, D, ax);
-  half_axis(y, D, ay);
-  half_axis(z, D, az);
-ORBITCORE_UNROLL
-  for (int a = 0; a < 2; ++a) {
-ORBITCORE_UNROLL
-    for (int b = 0; b < 2; ++b) {
-ORBITCORE_UNROLL
-      for (int c = 0; c < 2; ++c) {
-        const T w = az.w[a] * ay.w[b] * ax.w[c];
-        if (w == T(0)) continue;
-        bool m;
-        const index_t o = half_offset(D, az.c0 + a, ay.c0 + b, ax.c0 + c, m);
-        const cplx<T> v = m ? conj(value) : value;
-        add(gvol + 2 * o, w * v.re);
-        add(gvol + 2 * o + 1, w * v.im);
-      }
-    }
+  HalfRim<T> r;
+  half_rim_corners(D, x, y, z, r);
+  for (int k = 0; k < r.count; ++k) {
+    const cplx<T> v = r.mirrored[k] ? conj(value) : value;
+    add(gvol + 2 * r.off[k], r.w[k] * v.re);
+    add(gvol + 2 * r.off[k] + 1, r.w[k] * v.im);
   }
 }
 
