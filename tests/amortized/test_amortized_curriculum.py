@@ -129,12 +129,22 @@ def test_learning_rate_drop_reaches_adam_and_resume_is_exact(tiny, tmp_path):
     b.fit(8)
     for (k, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert torch.equal(x, y), k
-    # extending the run moves the drop (round(0.5 * steps)): refused once the run is past either point
-    with pytest.raises(ValueError, match="Trainer.resume: steps=12: the learning-rate drop .* would move from step 4 "
-                                         "to 6, and the run is at step 8"):
-        Trainer.resume(a.save_checkpoint(tmp_path / "step8.pt"), steps=12, verbose=False)
-    early = Trainer.resume(ckpt, steps=12, verbose=False)    # at step 3, before both drop points: exact
+    # extending a run past its drop keeps the drop where it happened (step 4), and the continuation is
+    # exactly the uninterrupted run with that schedule
+    ext = Trainer.resume(a.save_checkpoint(tmp_path / "step8.pt"), steps=12, out_dir=tmp_path / "e", verbose=False)
+    assert [ext.config.lr_factor(s) for s in (3, 4, 11)] == [1.0, 0.1, 0.1]
+    ext.fit(12)
+    ref = Trainer(tiny, SMALL, {**cfg, "steps": 12, "drop_fraction": 4 / 12}, tmp_path / "r", verbose=False)
+    ref.fit(12)
+    for (k, x), (_, y) in zip(ext.model.state_dict().items(), ref.model.state_dict().items()):
+        assert torch.equal(x, y), k
+    early = Trainer.resume(ckpt, steps=12, verbose=False)    # at step 3, before the drop: it moves with the steps
     assert [early.config.lr_factor(s) for s in (5, 6)] == [1.0, 0.1]
+    # a change that would alter the rate of a step already done is refused: at step 3, steps=4 would put
+    # the drop at step 2
+    with pytest.raises(ValueError, match="Trainer.resume: steps=4: the learning-rate drop .* would move from step 4 "
+                                         "to 2, and the run is at step 3"):
+        Trainer.resume(ckpt, steps=4, verbose=False)
     Trainer.resume(tmp_path / "step8.pt", steps=8, num_workers=0, verbose=False)  # same steps: fine
     # without a drop (lr_drop = 1) any steps are fine, shorter than the steps done included
     flat = Trainer(tiny, SMALL, {**cfg, "lr_drop": 1.0}, verbose=False)

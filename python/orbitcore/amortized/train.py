@@ -618,15 +618,22 @@ class Trainer:
                distributed: bool | None = None) -> "Trainer":
         """A trainer that continues a checkpoint exactly. ``particles`` defaults to the file the
         run was trained on; the normalisation is the checkpoint's. ``steps`` extends (or
-        shortens) the run; ``num_workers`` may change (it does not affect the results);
+        shortens) the run: a learning-rate drop (``lr_drop``) still to come moves with it
+        (``drop_fraction × steps``), one that has already happened stays at its step, and a
+        change that would alter the rate of a step already done is refused; ``num_workers`` may
+        change (it does not affect the results);
         ``device`` and ``distributed`` as in :class:`Trainer` (a data-parallel run continues
         exactly with the same number of processes)."""
         state = _load_checkpoint("Trainer.resume", checkpoint)
         d = state["data"]
         cfg = dict(state["train_config"])
         if steps is not None:
-            old, new = TrainConfig(**cfg), TrainConfig(**{**cfg, "steps": steps})
+            old = TrainConfig(**cfg)
             done = int(state["step"])
+            at = round(old.drop_fraction * old.steps)
+            if old.lr_drop != 1.0 and at <= done and at <= steps:
+                cfg["drop_fraction"] = at / steps  # the drop has happened: it stays at step `at`
+            new = TrainConfig(**{**cfg, "steps": steps})
             if any(old.lr_factor(s) != new.lr_factor(s) for s in range(done)):
                 at = lambda c: round(c.drop_fraction * c.steps)  # noqa: E731
                 fail("Trainer.resume", f"steps={steps}: the learning-rate drop (lr_drop={old.lr_drop:g} at "
