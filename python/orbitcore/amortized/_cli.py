@@ -358,7 +358,8 @@ def register(sub) -> None:
                    help="factor on both learning rates from --drop-fraction of the steps on (default 1: constant, "
                         "the papers'; 0.1 lets winner-take-all heads settle at the end of a run)")
     o.add_argument("--drop-fraction", type=float, default=0.75,
-                   help="where the --lr-drop comes, as a fraction of the steps (default 0.75)")
+                   help="where the --lr-drop comes, as a fraction of the steps (default 0.75; --resume with more "
+                        "--steps/--epochs keeps a drop that has already happened at its step)")
     o.add_argument("--clip", type=float, default=10.0, help="gradient-norm clipping (0: none; default 10)")
     o.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
     o.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
