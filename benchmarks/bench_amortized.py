@@ -326,8 +326,12 @@ def main():
     p.add_argument("--batch", type=int, default=None, help="override every batch size")
     p.add_argument("--rows", type=int, nargs="+", default=None,
                    help="run only these training configurations (0-based indices into the list in main)")
+    p.add_argument("--tune-allocator", action="store_true",
+                   help="apply orbitcore.tune_allocator() first, as the orbitcore command does (both sides "
+                        "run in this one process, so the baseline gets it too)")
     args = p.parse_args()
     setup_threads(args)
+    tuned = oc.tune_allocator() if args.tune_allocator else False
     gen = torch.Generator().manual_seed(0)
     rep = 3 if args.quick else 7  # alternating pairs (timeit_pair): the speed-up is the median pair ratio
     small = {"channels": (16, 32, 64, 128)}
@@ -364,7 +368,8 @@ def main():
         rows.append(bench_decoder(dec, n, B, rep, gen, kw))
     ev = [bench_evaluation(n, 512 if args.quick else 2048, 3, gen, kw)
           for n, kw in ((32, small), (64, {**small, "encoder_size": 32}))]
-    emit("amortized", {"rows": rows, "evaluation": ev, "targets": {"voxel_train_speedup": 3.0}}, args)
+    emit("amortized", {"rows": rows, "evaluation": ev, "targets": {"voxel_train_speedup": 3.0},
+                       "allocator_tuned": tuned}, args)
 
 
 if __name__ == "__main__":
