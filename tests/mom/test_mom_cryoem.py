@@ -397,9 +397,9 @@ def test_fit_matches_the_moments(two_gaussian_fit, four_gaussian_fit):
     for vol, res in (two_gaussian_fit, four_gaussian_fit):
         assert res.history["loss"][-1] < 0.05 * res.history["loss"][0]
         e1, e2 = res.moment_errors()
-        # from e1 ≈ 1.1, e2 ≈ 2.4 at the start; the 2-Gaussian fit's e1 levels off at 0.5 % after
-        # about 20 L-BFGS steps (0.0052 on an AVX-512 EPYC, where torch's CPU kernels round
-        # differently from an AVX2 one's), so the bound leaves 2× of room above that floor
+        # from e1 ≈ 1.1, e2 ≈ 2.4 at the start. Where L-BFGS settles depends on rounding: the
+        # 2-Gaussian fit ends at e1 = 0.00075 with torch's AVX2 kernels but at 0.0052-0.0053 with
+        # its AVX-512 and its baseline ones (ATEN_CPU_CAPABILITY), so the bound leaves 2× of room
         assert e1 < 0.01 and e2 < 0.05, (e1, e2)
 
 
